@@ -1,0 +1,43 @@
+# Two entry points: `make serve` (set up, quantize if needed, run the main job) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install -c constraints.txt
+MODEL ?= BAAI/bge-m3
+PRECISION ?= int8
+MODEL_NAME := $(shell basename "$(MODEL)" | tr '[:upper:]' '[:lower:]')
+MODEL_DIR ?= models/$(MODEL_NAME)-$(PRECISION)
+
+.PHONY: venv install serve test lint bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/activate pyproject.toml constraints.txt
+	$(PIP) -e '.[dev]'
+	@# torchvision breaks `import transformers` beside this torch ("operator torchvision::nms does not exist").
+	$(BIN)/pip uninstall -y -q torchvision 2>/dev/null || true
+	touch $@
+
+install: $(VENV)/.installed
+
+$(MODEL_DIR)/ovembed.json: | $(VENV)/.installed
+	$(BIN)/ovembed quantize "$(MODEL)" --precision $(PRECISION) --output $(MODEL_DIR)
+
+serve: $(VENV)/.installed $(MODEL_DIR)/ovembed.json
+	@# Until the HTTP service lands, the main job is an embedding smoke run.
+	printf 'What is BGE-M3?\nBGE-M3 is a multilingual embedding model.\n' | \
+		$(BIN)/ovembed embed --model $(MODEL_DIR) --dense --sparse - | cut -c1-200
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check src tests
+
+bench: $(VENV)/.installed
+	$(BIN)/python -m ovembed.evaluate.bench engine $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info

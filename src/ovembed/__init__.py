@@ -1,0 +1,7 @@
+"""ovembed: BGE-M3 (and other encoders) as INT8 OpenVINO models on the CPU."""
+
+from ovembed.engine import EmbeddingModel, Embeddings, TokenBudget, load_model
+from ovembed.errors import ErrorKind, OvembedError
+
+__version__ = "0.1.0"
+__all__ = ["EmbeddingModel", "Embeddings", "ErrorKind", "OvembedError", "TokenBudget", "load_model"]

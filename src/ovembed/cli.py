@@ -1,0 +1,117 @@
+"""The `ovembed` command. Exit codes: 0 ok, 1 a check failed (e.g. the accuracy gate), 2 usage or input error."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ovembed.errors import ErrorKind, OvembedError
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
+# Failures of the world rather than of the input count as failed checks.
+EXIT_CODES = {ErrorKind.GATE_FAILED: EXIT_CHECK_FAILED, ErrorKind.BACKEND: EXIT_CHECK_FAILED,
+              ErrorKind.HUB_UNREACHABLE: EXIT_CHECK_FAILED}
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    try:
+        from ovembed.convert import pipeline, verify
+    except ImportError as exc:
+        raise OvembedError(
+            ErrorKind.VALIDATION,
+            f"quantize needs the conversion extra ({exc.name} is missing): "
+            "pip install -c constraints.txt 'ovembed[convert]'",
+        ) from None
+    thresholds = verify.GateThresholds(args.min_cosine_mean, args.min_cosine_min)
+    manifest, output, failures = pipeline.run_quantize(
+        args.model, output=args.output, precision=args.precision, max_length=args.max_length,
+        calibration=args.calibration, gate=not args.no_gate, thresholds=thresholds,
+    )
+    report = manifest.verification
+    if args.json:
+        print(json.dumps({"output": str(output), "manifest": manifest.__dict__}, default=str))
+    else:
+        print(f"wrote {output}  ({manifest.source}, {manifest.precision}, dim {manifest.dimension}, "
+              f"max length {manifest.max_length}, outputs {'+'.join(manifest.outputs)})")
+        for key, value in report.items():
+            if key != "gate":
+                print(f"  {key:28s} {value}")
+        print(f"  gate: {'passed' if not failures else 'FAILED (kept because of --no-gate): ' + '; '.join(failures)}")
+    return EXIT_OK
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from ovembed.engine import load_model
+
+    texts = list(args.texts)
+    if texts == ["-"]:
+        texts = [line.rstrip("\n") for line in sys.stdin]
+    if not texts:
+        raise OvembedError(ErrorKind.VALIDATION, "no texts: pass them as arguments, or '-' to read lines from stdin")
+    model = load_model(args.model)
+    dense = args.dense or not (args.sparse or args.colbert)
+    result = model.embed(texts, dense=dense, sparse=args.sparse, colbert=args.colbert,
+                         normalize=not args.no_normalize, truncate=not args.no_truncate)
+    out = sys.stdout
+    for i in range(len(texts)):
+        row: dict[str, object] = {}
+        if result.dense is not None:
+            row["dense"] = result.dense[i].tolist()
+        if result.sparse is not None:
+            row["sparse"] = result.sparse[i]
+        if result.colbert is not None:
+            row["colbert"] = result.colbert[i].tolist()
+        out.write(json.dumps(row) + "\n")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ovembed", description="BGE-M3 and friends as INT8 OpenVINO models on the CPU.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    q = sub.add_parser("quantize", help="convert a Hugging Face model to a verified OpenVINO model folder",
+                       description="Convert a hub id or local folder to OpenVINO (INT8 by default), verify it "
+                       "against fp32 PyTorch and write models/<name>-<precision>/ only if it passes the gate.")
+    q.add_argument("model", nargs="?", default="BAAI/bge-m3", help="hub id or local folder (default: BAAI/bge-m3)")
+    q.add_argument("--output", type=Path, help="output folder (default: models/<name>-<precision>)")
+    q.add_argument("--precision", default="int8", choices=["int8", "int8-weights", "fp16", "fp32"],
+                   help="int8: static weights+activations (fastest); int8-weights: weight-only (default: int8)")
+    q.add_argument("--max-length", type=int, help="max tokens per text (default: the model's)")
+    q.add_argument("--calibration", type=Path, help="text file, one calibration text per line (default: built-in)")
+    q.add_argument("--no-gate", action="store_true", help="keep the model even if it fails the accuracy gate")
+    q.add_argument("--min-cosine-mean", type=float, default=0.99, help="gate: mean dense cosine to fp32 (0.99)")
+    q.add_argument("--min-cosine-min", type=float, default=0.97, help="gate: lowest dense cosine to fp32 (0.97)")
+    q.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    q.set_defaults(func=_quantize)
+
+    e = sub.add_parser("embed", help="embed texts with a local model folder; one JSON line per text")
+    e.add_argument("--model", required=True, type=Path, help="model folder made by `ovembed quantize`")
+    e.add_argument("--dense", action="store_true", help="dense vector (the default when no output is named)")
+    e.add_argument("--sparse", action="store_true", help="lexical weights {indices, values} (BGE-M3)")
+    e.add_argument("--colbert", action="store_true", help="multi-vector ColBERT output (BGE-M3)")
+    e.add_argument("--no-normalize", action="store_true", help="do not L2-normalise dense/colbert vectors")
+    e.add_argument("--no-truncate", action="store_true", help="fail on texts over the max length instead of cutting")
+    e.add_argument("texts", nargs="*", metavar="TEXT", help="texts, or '-' to read one per line from stdin")
+    e.set_defaults(func=_embed)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except OvembedError as exc:
+        print(f"ovembed {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_CODES.get(exc.kind, EXIT_USAGE)
+    except KeyboardInterrupt:
+        print(f"ovembed {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Conversion (needs the `convert` extra: torch, transformers, nncf). Nothing here is imported by serving."""

@@ -1,0 +1,163 @@
+"""`ovembed quantize`: source -> export -> precision recipe -> verify -> gate -> publish.
+
+The model is built in a staging folder beside the output and moved into place only once it is
+complete and verified, so a failed or interrupted run never leaves a loadable half-model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ovembed.convert import export, verify
+from ovembed.convert import quantize as recipes
+from ovembed.convert.synthetic import builtin_texts
+from ovembed.engine.model import EmbeddingModel
+from ovembed.engine.tokenize import TextTokenizer
+from ovembed.errors import ErrorKind, OvembedError
+from ovembed.models import MANIFEST_NAME, PRECISIONS, Manifest, sha256_file
+
+CALIBRATION_MAX_TOKENS = 512
+
+
+def default_output(model_id: str, precision: str) -> Path:
+    return Path("models") / f"{model_id.rstrip('/').split('/')[-1].lower()}-{precision}"
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def calibration_texts(path: Path | None) -> list[str]:
+    """Sentences as given, plus runs of them joined, so calibration also sees paragraph lengths."""
+    if path is not None:
+        try:
+            texts = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise OvembedError(ErrorKind.VALIDATION, f"cannot read calibration file {path}: {exc}") from None
+        if not texts:
+            raise OvembedError(ErrorKind.VALIDATION, f"calibration file {path} has no text lines")
+    else:
+        texts = builtin_texts("calibration.txt")
+    joined = [" ".join(texts[i : i + 8]) for i in range(0, len(texts), 8)]
+    return texts + joined
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {}
+    for name in ("ovembed", "openvino", "nncf", "torch", "transformers", "tokenizers", "numpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def run_quantize(
+    model: str,
+    output: Path | None = None,
+    precision: str = "int8",
+    max_length: int | None = None,
+    calibration: Path | None = None,
+    gate: bool = True,
+    thresholds: verify.GateThresholds = verify.GateThresholds(),
+) -> tuple[Manifest, Path, list[str]]:
+    """Build and verify a model folder. Returns (manifest, folder, gate failures).
+
+    With `gate` on, a model that fails is not published and OvembedError(GATE_FAILED) is raised."""
+    if precision not in PRECISIONS:
+        raise OvembedError(ErrorKind.VALIDATION, f"precision must be one of {', '.join(PRECISIONS)}")
+    folder, model_id, revision = export.resolve_source(model, warn=log)
+    source = export.inspect_source(folder, model_id, revision, max_length)
+    output = Path(output) if output else default_output(model_id, precision)
+    staging = output.parent / f".{output.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        manifest, failures = _build(source, staging, precision, calibration, thresholds)
+        if failures and gate:
+            raise OvembedError(
+                ErrorKind.GATE_FAILED,
+                f"{model_id} at {precision} failed the accuracy gate ({'; '.join(failures)}); "
+                f"nothing was written to {output}. Try --precision int8-weights, or --no-gate to keep it anyway.",
+            )
+        _publish(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest, output, failures
+
+
+def _build(source, staging: Path, precision: str, calibration: Path | None, thresholds) -> tuple[Manifest, list[str]]:
+    log(f"loading {source.model_id} ({source.layout} layout, {source.pooling} pooling) with PyTorch")
+    encoder = export.load_encoder(source)
+    tokenizer_info = export.copy_tokenizer(source, staging)
+    log(f"exporting to OpenVINO (max length {source.max_length})")
+    ov_model = export.export_openvino(encoder, source.max_length)
+    tables = recipes.quantize_table(export.token_table(encoder), precision)
+
+    calibration_ids: list[list[int]] = []
+    if precision == "int8":
+        tokenizer = TextTokenizer(staging, min(source.max_length, CALIBRATION_MAX_TOKENS))
+        calibration_ids = tokenizer.encode(calibration_texts(calibration))
+        log(f"quantizing: NNCF static INT8 (weights + activations), {len(calibration_ids)} calibration texts")
+    elif precision == "int8-weights":
+        log("quantizing: NNCF weight-only INT8 (asymmetric, per channel)")
+    ov_model = recipes.compress(ov_model, precision, tables, calibration_ids)
+    recipes.save(ov_model, tables, staging, precision)
+    del ov_model
+
+    names = [r for r in ["dense", "sparse", "colbert"] if source.layout == "m3" or r == "dense"]
+    colbert_dim = encoder.colbert_linear.out_features if encoder.colbert_linear is not None else None
+    manifest = Manifest(
+        source=source.model_id,
+        revision=source.revision,
+        architecture=source.architecture,
+        layout=source.layout,
+        dimension=int(source.config["hidden_size"]),
+        colbert_dimension=colbert_dim,
+        pooling=source.pooling,
+        normalize=source.normalize,
+        max_length=source.max_length,
+        outputs=names,
+        precision=precision,
+        hidden_size=int(source.config["hidden_size"]),
+        vocab_size=int(tables["token_embeddings.npy"].shape[0]),
+        token_table_dtype=str(tables["token_embeddings.npy"].dtype),
+        tool_versions=tool_versions(),
+        **tokenizer_info,
+    )
+    manifest.files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.name != MANIFEST_NAME}
+    manifest.write(staging)
+
+    log("verifying against the fp32 PyTorch reference")
+    texts = builtin_texts("verification.txt")
+    candidate = EmbeddingModel(staging, check_files=False)
+    ids = candidate.tokenize(texts)
+    reference = verify.reference_embeddings(
+        encoder, ids, manifest.special_token_ids, progress=lambda it: tqdm(it, desc="reference", leave=False)
+    )
+    result = candidate.embed(texts, dense=True, sparse="sparse" in names, colbert="colbert" in names)
+    report = verify.agreement(reference, result)
+    failures = verify.gate_failures(report, thresholds)
+    report["gate"] = {
+        "dense_cosine_mean_min": thresholds.dense_cosine_mean,
+        "dense_cosine_min_min": thresholds.dense_cosine_min,
+        "passed": not failures,
+    }
+    manifest.verification = report
+    manifest.write(staging)
+    return manifest, failures
+
+
+def _publish(staging: Path, output: Path) -> None:
+    """Move the finished folder into place; an existing model there is replaced only at the end."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    previous = output.parent / f".{output.name}.previous-{os.getpid()}"
+    if output.exists():
+        output.rename(previous)
+    staging.rename(output)
+    shutil.rmtree(previous, ignore_errors=True)

@@ -1,0 +1,60 @@
+"""Precision recipes: fp32, fp16, int8-weights (optimum-cli --weight-format int8) and static int8 (NNCF)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ovembed.models import MODEL_XML, TOKEN_TABLE, TOKEN_TABLE_SCALES
+
+
+def quantize_table(table: np.ndarray, precision: str) -> dict[str, np.ndarray]:
+    """The vocabulary table as stored: int8 rows with one float32 scale per row, or fp16/fp32 rows."""
+    if precision in ("int8", "int8-weights"):
+        scales = np.abs(table).max(axis=1) / 127.0
+        scales[scales == 0] = 1.0
+        rows = np.clip(np.rint(table / scales[:, None]), -127, 127).astype(np.int8)
+        return {TOKEN_TABLE: rows, TOKEN_TABLE_SCALES: scales.astype(np.float32)}
+    if precision == "fp16":
+        return {TOKEN_TABLE: table.astype(np.float16)}
+    return {TOKEN_TABLE: table.astype(np.float32)}
+
+
+def lookup(tables: dict[str, np.ndarray], ids: np.ndarray) -> np.ndarray:
+    rows = tables[TOKEN_TABLE][ids].astype(np.float32)
+    if TOKEN_TABLE_SCALES in tables:
+        rows *= tables[TOKEN_TABLE_SCALES][ids][..., None]
+    return rows
+
+
+def compress(ov_model, precision: str, tables: dict[str, np.ndarray], calibration_ids: list[list[int]]):
+    """Apply the precision recipe to the fp32 OpenVINO model (calibration texts as token ids)."""
+    import nncf
+
+    if precision == "int8-weights":
+        # optimum-intel's `--weight-format int8`: 8-bit asymmetric per-channel weights, all layers.
+        return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    if precision == "int8":
+        # Static: weights and activations in int8, so matmuls run on VNNI/AMX units.
+        return nncf.quantize(
+            ov_model,
+            nncf.Dataset(calibration_ids, lambda ids: _feed(tables, ids)),
+            model_type=nncf.ModelType.TRANSFORMER,
+            preset=nncf.QuantizationPreset.MIXED,
+            subset_size=len(calibration_ids),
+        )
+    return ov_model
+
+
+def save(ov_model, tables: dict[str, np.ndarray], folder: Path, precision: str) -> None:
+    import openvino as ov
+
+    ov.save_model(ov_model, str(folder / MODEL_XML), compress_to_fp16=precision == "fp16")
+    for name, array in tables.items():
+        np.save(folder / name, array)
+
+
+def _feed(tables: dict[str, np.ndarray], ids: list[int]) -> dict[str, np.ndarray]:
+    row = np.asarray([ids], dtype=np.int64)
+    return {"inputs_embeds": lookup(tables, row), "attention_mask": np.ones_like(row)}

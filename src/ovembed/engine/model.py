@@ -1,0 +1,137 @@
+"""The engine: tokenize -> token-budget batches -> OpenVINO -> dense | sparse | colbert."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ovembed.engine.batcher import TokenBudget, plan_batches
+from ovembed.engine.outputs import SparseVector, colbert_vectors, l2_normalize, lexical_weights
+from ovembed.engine.runtime import Runtime, TokenTable
+from ovembed.engine.tokenize import TextTokenizer
+from ovembed.errors import ErrorKind, OvembedError, validation
+from ovembed.models import MODEL_XML, Manifest
+
+
+@dataclass
+class Embeddings:
+    """What one `embed` call returns, in input order; absent outputs are None."""
+
+    dense: np.ndarray | None  # float32[n, dim]
+    sparse: list[SparseVector] | None
+    colbert: list[np.ndarray] | None  # float32[tokens - 1, colbert_dim] per text
+    token_counts: list[int]
+
+
+class EmbeddingModel:
+    def __init__(
+        self,
+        folder: str | Path,
+        budget: TokenBudget | None = None,
+        performance_hint: str = "LATENCY",
+        infer_requests: int | None = None,
+        inference_precision: str | None = None,
+        check_files: bool = True,
+    ):
+        self.folder = Path(folder)
+        self.manifest = Manifest.read(self.folder)
+        if check_files:
+            self.manifest.check_files(self.folder)
+        self.budget = budget or TokenBudget()
+        self.tokenizer = TextTokenizer(self.folder, self.manifest.max_length)
+        self.table = TokenTable(self.folder)
+        if inference_precision is None and self.manifest.precision == "fp32":
+            # On CPUs with AMX/AVX512-BF16 OpenVINO would otherwise run an fp32 model in bf16.
+            inference_precision = "f32"
+        self.runtime = Runtime(
+            self.folder / MODEL_XML,
+            performance_hint=performance_hint,
+            infer_requests=infer_requests,
+            inference_precision=inference_precision,
+        )
+        self._special_ids = np.asarray(self.manifest.special_token_ids, dtype=np.int64)
+
+    @property
+    def dimension(self) -> int:
+        return self.manifest.dimension
+
+    @property
+    def outputs(self) -> list[str]:
+        return list(self.manifest.outputs)
+
+    def tokenize(self, texts: Sequence[str], truncate: bool = True) -> list[list[int]]:
+        return self.tokenizer.encode(_check_texts(texts), truncate=truncate)
+
+    def embed(
+        self,
+        texts: Sequence[str],
+        dense: bool = True,
+        sparse: bool = False,
+        colbert: bool = False,
+        normalize: bool = True,
+        truncate: bool = True,
+    ) -> Embeddings:
+        wanted = [name for name, on in (("dense", dense), ("sparse", sparse), ("colbert", colbert)) if on]
+        missing = [name for name in wanted if name not in self.manifest.outputs]
+        if missing:
+            raise validation(
+                f"model {self.manifest.name} has no {', '.join(missing)} output "
+                f"(it has: {', '.join(self.manifest.outputs)})"
+            )
+        ids = self.tokenize(texts, truncate=truncate)
+        return self.embed_tokens(ids, wanted, normalize=normalize)
+
+    def embed_tokens(self, ids: list[list[int]], wanted: list[str], normalize: bool = True) -> Embeddings:
+        """Embed already tokenized texts (what the service's batcher calls)."""
+        n = len(ids)
+        lengths = [len(x) for x in ids]
+        batches = plan_batches(lengths, self.budget)
+        try:
+            raw = self.runtime.run(self._feeds(ids, batches), wanted)
+        except RuntimeError as exc:
+            raise OvembedError(ErrorKind.BACKEND, f"inference failed: {exc}") from None
+
+        result = Embeddings(
+            dense=np.zeros((n, self.manifest.dimension), np.float32) if "dense" in wanted else None,
+            sparse=[None] * n if "sparse" in wanted else None,  # type: ignore[list-item]
+            colbert=[None] * n if "colbert" in wanted else None,  # type: ignore[list-item]
+            token_counts=lengths,
+        )
+        for batch, out in zip(batches, raw):
+            if result.dense is not None:
+                vecs = out["dense"]
+                result.dense[batch] = l2_normalize(vecs) if normalize else vecs
+            for row, index in enumerate(batch):
+                if result.sparse is not None:
+                    result.sparse[index] = lexical_weights(out["sparse"][row], ids[index], self._special_ids)
+                if result.colbert is not None:
+                    result.colbert[index] = colbert_vectors(out["colbert"][row], lengths[index], normalize)
+        return result
+
+    def _feeds(self, ids: list[list[int]], batches: list[list[int]]) -> Iterator[dict[str, np.ndarray]]:
+        pad = self.manifest.pad_token_id
+        for batch in batches:
+            longest = max(len(ids[i]) for i in batch)
+            token_ids = np.full((len(batch), longest), pad, dtype=np.int64)
+            mask = np.zeros((len(batch), longest), dtype=np.int64)
+            for row, index in enumerate(batch):
+                token_ids[row, : len(ids[index])] = ids[index]
+                mask[row, : len(ids[index])] = 1
+            yield {"inputs_embeds": self.table.lookup(token_ids), "attention_mask": mask}
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        raise validation("texts must be a list of strings")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise validation(f"text {i} is {type(text).__name__}, not a string")
+    return list(texts)
+
+
+def load_model(folder: str | Path, **options) -> EmbeddingModel:
+    """Load a model folder made by `ovembed quantize` (see EmbeddingModel for options)."""
+    return EmbeddingModel(folder, **options)

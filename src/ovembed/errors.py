@@ -1,0 +1,33 @@
+"""The one error type of ovembed: every failure a user can cause or meet has a kind here.
+
+The CLI maps kinds to exit codes and the HTTP layer to status codes, each in one place."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ErrorKind(str, Enum):
+    VALIDATION = "validation"  # bad input: wrong type, empty, out of range
+    INPUT_TOO_LONG = "input_too_long"  # a text exceeds max length with truncate=False
+    MODEL_NOT_FOUND = "model_not_found"  # no such model folder / id / hub entry
+    MODEL_INVALID = "model_invalid"  # a model folder that is incomplete, corrupt or unsupported
+    HUB_UNREACHABLE = "hub_unreachable"  # the model hub could not be reached
+    GATE_FAILED = "gate_failed"  # the accuracy gate refused a quantized model
+    BACKEND = "backend"  # inference itself failed
+
+
+class OvembedError(Exception):
+    """A failure with a kind and a message meant for the user (no traceback needed)."""
+
+    def __init__(self, kind: ErrorKind, message: str):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def validation(message: str) -> OvembedError:
+    return OvembedError(ErrorKind.VALIDATION, message)

@@ -1,0 +1,131 @@
+"""Known model specs (to fill gaps a model folder leaves) and the manifest, ovembed.json.
+
+The manifest is the contract between `ovembed quantize` and the engine: the engine reads
+everything it needs (pooling, dimension, max length, outputs, special tokens) from it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ovembed.errors import ErrorKind, OvembedError
+
+MANIFEST_NAME = "ovembed.json"
+MODEL_XML = "openvino_model.xml"
+MODEL_BIN = "openvino_model.bin"
+# The vocabulary table lives outside the graph (see ARCHITECTURE: memory): int8 rows + per-row scales,
+# or fp16/fp32 rows, memory-mapped by the engine.
+TOKEN_TABLE = "token_embeddings.npy"
+TOKEN_TABLE_SCALES = "token_embeddings_scales.npy"
+FORMAT_VERSION = 1
+
+DEFAULT_MODEL = "BAAI/bge-m3"
+PRECISIONS = ("int8", "int8-weights", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What we know of a hub model when its folder does not say it."""
+
+    model_id: str
+    pooling: str  # "cls" | "mean"
+    normalize: bool
+    max_length: int
+
+
+KNOWN_MODELS = {
+    "BAAI/bge-m3": ModelSpec("BAAI/bge-m3", pooling="cls", normalize=True, max_length=8192),
+    "sentence-transformers/all-MiniLM-L6-v2": ModelSpec(
+        "sentence-transformers/all-MiniLM-L6-v2", pooling="mean", normalize=True, max_length=256
+    ),
+}
+
+# Names users type that do not exist on the hub, and what they meant.
+ALIASES = {
+    "BAAI/bge-m3-base": "BAAI/bge-m3",
+    "bge-m3": "BAAI/bge-m3",
+    "bge-m3-base": "BAAI/bge-m3",
+    "all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
+}
+
+
+def resolve_alias(model: str) -> tuple[str, str | None]:
+    """Return (model id, warning or None) for a name a user typed."""
+    target = ALIASES.get(model)
+    if target is None:
+        return model, None
+    if model.endswith("-base"):
+        return target, f"'{model}' does not exist; using '{target}' (BGE-M3 has one size, 568M parameters)"
+    return target, None
+
+
+@dataclass
+class Manifest:
+    """ovembed.json: what a model folder holds and how it was made and checked."""
+
+    source: str  # hub id or the local folder it was converted from
+    revision: str | None
+    architecture: str  # e.g. XLMRobertaModel
+    layout: str  # "m3" (dense + sparse + colbert heads) | "sentence-transformer"
+    dimension: int
+    colbert_dimension: int | None
+    pooling: str
+    normalize: bool
+    max_length: int
+    outputs: list[str]
+    precision: str
+    hidden_size: int
+    vocab_size: int
+    pad_token_id: int
+    special_token_ids: list[int]
+    token_table_dtype: str  # int8 | float16 | float32
+    files: dict[str, str] = field(default_factory=dict)  # name -> sha256
+    verification: dict = field(default_factory=dict)
+    tool_versions: dict[str, str] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def name(self) -> str:
+        return self.source.rstrip("/").split("/")[-1]
+
+    def write(self, folder: Path) -> None:
+        (Path(folder) / MANIFEST_NAME).write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n")
+
+    @classmethod
+    def read(cls, folder: Path) -> Manifest:
+        path = Path(folder) / MANIFEST_NAME
+        if not Path(folder).is_dir():
+            raise OvembedError(ErrorKind.MODEL_NOT_FOUND, f"model folder not found: {folder}")
+        if not path.is_file():
+            raise OvembedError(
+                ErrorKind.MODEL_INVALID,
+                f"{folder} has no {MANIFEST_NAME}: make it with `ovembed quantize MODEL --output {folder}`",
+            )
+        try:
+            data = json.loads(path.read_text())
+            known = {f for f in cls.__dataclass_fields__}
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except (ValueError, TypeError) as exc:
+            raise OvembedError(ErrorKind.MODEL_INVALID, f"{path} is not a valid manifest: {exc}") from None
+
+    def check_files(self, folder: Path) -> None:
+        """Refuse a folder whose files are missing or differ from what was verified."""
+        for name, expected in self.files.items():
+            path = Path(folder) / name
+            if not path.is_file():
+                raise OvembedError(ErrorKind.MODEL_INVALID, f"{folder}: {name} is missing")
+            if sha256_file(path) != expected:
+                raise OvembedError(
+                    ErrorKind.MODEL_INVALID,
+                    f"{folder}: {name} does not match the checksum in {MANIFEST_NAME} (corrupt or modified)",
+                )
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
