@@ -64,7 +64,7 @@ def run_quantize(
     max_length: int | None = None,
     calibration: Path | None = None,
     gate: bool = True,
-    thresholds: verify.GateThresholds = verify.GateThresholds(),
+    thresholds: verify.GateThresholds | None = None,
 ) -> tuple[Manifest, Path, list[str]]:
     """Build and verify a model folder. Returns (manifest, folder, gate failures).
 
@@ -78,7 +78,7 @@ def run_quantize(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        manifest, failures = _build(source, staging, precision, calibration, thresholds)
+        manifest, failures = _build(source, staging, precision, calibration, thresholds or verify.GateThresholds())
         if failures and gate:
             raise OvembedError(
                 ErrorKind.GATE_FAILED,

@@ -1,0 +1,1 @@
+"""Measurement: speed (bench) and, later, retrieval quality (eval)."""

