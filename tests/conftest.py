@@ -59,6 +59,11 @@ def minilm_int8(minilm_source, models_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def minilm_fp32(minilm_source, models_dir) -> Path:
+    return _convert(minilm_source, models_dir / "minilm-fp32", "fp32")
+
+
+@pytest.fixture(scope="session")
 def minilm_int8_weights(minilm_source, models_dir) -> Path:
     return _convert(minilm_source, models_dir / "minilm-int8-weights", "int8-weights")
 
