@@ -17,6 +17,12 @@ TINY_COLBERT_DIM = 48
 
 
 @pytest.fixture(scope="session")
+def shared_data() -> Path:
+    assert SHARED_DATA.is_dir(), f"the shared evaluation data is expected at {SHARED_DATA}"
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
 def tiny_m3_source(tmp_path_factory) -> Path:
     from ovembed.convert.synthetic import build_m3_layout_model
 
