@@ -23,7 +23,7 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml constraints.txt
 install: $(VENV)/.installed
 
 $(MODEL_DIR)/ovembed.json: | $(VENV)/.installed
-	$(BIN)/ovembed quantize "$(MODEL)" --precision $(PRECISION) --output $(MODEL_DIR)
+	$(BIN)/ovembed quantize "$(MODEL)" --precision $(PRECISION) --output $(MODEL_DIR) $(if $(MODEL_ID),--model-id $(MODEL_ID))
 
 serve: $(VENV)/.installed $(MODEL_DIR)/ovembed.json
 	@# Until the HTTP service lands, the main job is an embedding smoke run.

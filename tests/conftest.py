@@ -14,6 +14,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # Unlike BGE-M3 (colbert dim = hidden size) the tiny model has its own, so the head's shape is read, not assumed.
 TINY_COLBERT_DIM = 48
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +62,7 @@ def tiny_m3_int8(tiny_m3_source, models_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def minilm_int8(minilm_source, models_dir) -> Path:
-    return _convert(minilm_source, models_dir / "minilm-int8", "int8")
+    return _convert(minilm_source, models_dir / "minilm-int8", "int8", model_id=MINILM_ID)
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +72,7 @@ def minilm_fp32(minilm_source, models_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def minilm_int8_weights(minilm_source, models_dir) -> Path:
-    return _convert(minilm_source, models_dir / "minilm-int8-weights", "int8-weights")
+    return _convert(minilm_source, models_dir / "minilm-int8-weights", "int8-weights", model_id=MINILM_ID)
 
 
 @pytest.fixture(scope="session")

@@ -108,6 +108,11 @@ def test_outputs_a_model_lacks_are_refused(minilm_int8):
     assert info.value.kind is ErrorKind.VALIDATION and "sparse" in str(info.value)
 
 
+def test_asking_for_no_output_is_refused(tiny_m3_model):
+    with pytest.raises(OvembedError, match="at least one output"):
+        tiny_m3_model.embed(["x"], dense=False)
+
+
 @pytest.mark.parametrize("bad", ["a plain string", [1, 2], ["ok", None], None])
 def test_non_list_of_strings_is_refused(tiny_m3_model, bad):
     with pytest.raises(OvembedError) as info:

@@ -31,6 +31,7 @@ def st_minilm(minilm_source):
 def test_minilm_manifest_records_source_pooling_and_gate(folder_fixture, request):
     folder = request.getfixturevalue(folder_fixture)
     m = Manifest.read(folder)
+    assert m.source == "sentence-transformers/all-MiniLM-L6-v2"  # --model-id for a local folder
     assert m.layout == "sentence-transformer" and m.pooling == "mean" and m.normalize is True
     assert m.dimension == 384 and m.max_length == 256 and m.outputs == ["dense"]
     assert m.precision == folder.name.removeprefix("minilm-")

@@ -27,7 +27,7 @@ def _quantize(args: argparse.Namespace) -> int:
     thresholds = verify.GateThresholds(args.min_cosine_mean, args.min_cosine_min)
     manifest, output, failures = pipeline.run_quantize(
         args.model, output=args.output, precision=args.precision, max_length=args.max_length,
-        calibration=args.calibration, gate=not args.no_gate, thresholds=thresholds,
+        calibration=args.calibration, gate=not args.no_gate, thresholds=thresholds, model_id=args.model_id,
     )
     report = manifest.verification
     if args.json:
@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Convert a hub id or local folder to OpenVINO (INT8 by default), verify it "
                        "against fp32 PyTorch and write models/<name>-<precision>/ only if it passes the gate.")
     q.add_argument("model", nargs="?", default="BAAI/bge-m3", help="hub id or local folder (default: BAAI/bge-m3)")
+    q.add_argument("--model-id", help="for a local folder: the hub id it is a copy of, recorded in the manifest")
     q.add_argument("--output", type=Path, help="output folder (default: models/<name>-<precision>)")
     q.add_argument("--precision", default="int8", choices=["int8", "int8-weights", "fp16", "fp32"],
                    help="int8: static weights+activations (fastest); int8-weights: weight-only (default: int8)")

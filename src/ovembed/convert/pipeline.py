@@ -65,13 +65,16 @@ def run_quantize(
     calibration: Path | None = None,
     gate: bool = True,
     thresholds: verify.GateThresholds | None = None,
+    model_id: str | None = None,
 ) -> tuple[Manifest, Path, list[str]]:
     """Build and verify a model folder. Returns (manifest, folder, gate failures).
 
-    With `gate` on, a model that fails is not published and OvembedError(GATE_FAILED) is raised."""
+    With `gate` on, a model that fails is not published and OvembedError(GATE_FAILED) is raised.
+    `model_id` names a local folder's hub origin (e.g. BAAI/bge-m3) in the manifest and output name."""
     if precision not in PRECISIONS:
         raise OvembedError(ErrorKind.VALIDATION, f"precision must be one of {', '.join(PRECISIONS)}")
-    folder, model_id, revision = export.resolve_source(model, warn=log)
+    folder, resolved_id, revision = export.resolve_source(model, warn=log)
+    model_id = model_id or resolved_id
     source = export.inspect_source(folder, model_id, revision, max_length)
     output = Path(output) if output else default_output(model_id, precision)
     staging = output.parent / f".{output.name}.partial-{os.getpid()}"

@@ -78,6 +78,8 @@ class EmbeddingModel:
         truncate: bool = True,
     ) -> Embeddings:
         wanted = [name for name, on in (("dense", dense), ("sparse", sparse), ("colbert", colbert)) if on]
+        if not wanted:
+            raise validation("ask for at least one output: dense, sparse or colbert")
         missing = [name for name in wanted if name not in self.manifest.outputs]
         if missing:
             raise validation(

@@ -30,6 +30,15 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+def _anon_mb() -> float:
+    """Anonymous RSS: memory the process itself holds. The rest of RSS is mostly the memory-mapped
+    model files, clean pages the kernel can drop and re-read under pressure."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return _rss_mb()
+
+
 def _peak_mb() -> float:
     """This process's high-water RSS (VmHWM: unlike ru_maxrss it is not inherited across exec)."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -74,6 +83,7 @@ def _worker(args: argparse.Namespace) -> None:
     run(shape_ids(1, 16))
     run(shape_ids(*THROUGHPUT_SHAPE))
     figures["rss_after_warmup_mb"] = round(_rss_mb())
+    figures["anon_after_warmup_mb"] = round(_anon_mb())
 
     for tokens in LATENCY_SHAPES:
         times = []
@@ -152,7 +162,7 @@ def machine() -> dict:
 
 def _table(results: dict[str, dict], long: int) -> str:
     batch, tokens = THROUGHPUT_SHAPE
-    head = (f"| backend | load s | RSS load MB | RSS warm MB | peak MB | 1x16 p50/p95 ms | 1x128 p50/p95 ms | "
+    head = (f"| backend | load s | RSS load MB | RSS warm MB (anon) | peak MB | 1x16 p50/p95 ms | 1x128 p50/p95 ms | "
             f"1x512 p50/p95 ms | {batch}x{tokens} texts/s | tokens/s |" + (f" 1x{long} s | 1x{long} peak MB |" if long else ""))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, r in results.items():
@@ -161,7 +171,7 @@ def _table(results: dict[str, dict], long: int) -> str:
             continue
         lat = " | ".join(f"{r[f'1x{t}']['p50_ms']} / {r[f'1x{t}']['p95_ms']}" for t in LATENCY_SHAPES)
         tp = r[f"{batch}x{tokens}"]
-        row = (f"| {name} | {r['load_s']} | {r['rss_after_load_mb']} | {r['rss_after_warmup_mb']} | {r['peak_rss_mb']} | "
+        row = (f"| {name} | {r['load_s']} | {r['rss_after_load_mb']} | {r['rss_after_warmup_mb']} ({r['anon_after_warmup_mb']}) | {r['peak_rss_mb']} | "
                f"{lat} | {tp['texts_per_s']} | {tp['tokens_per_s']} |")
         if long:
             lr = r.get(f"1x{long}")
