@@ -19,7 +19,7 @@ from ovembed.convert.synthetic import builtin_texts
 from ovembed.engine.model import EmbeddingModel
 from ovembed.engine.tokenize import TextTokenizer
 from ovembed.errors import ErrorKind, OvembedError
-from ovembed.models import MANIFEST_NAME, PRECISIONS, Manifest, sha256_file
+from ovembed.models import MANIFEST_NAME, PRECISIONS, TOKEN_TABLE, Manifest, sha256_file
 
 CALIBRATION_MAX_TOKENS = 512
 
@@ -128,8 +128,8 @@ def _build(source, staging: Path, precision: str, calibration: Path | None, thre
         outputs=names,
         precision=precision,
         hidden_size=int(source.config["hidden_size"]),
-        vocab_size=int(tables["token_embeddings.npy"].shape[0]),
-        token_table_dtype=str(tables["token_embeddings.npy"].dtype),
+        vocab_size=int(tables[TOKEN_TABLE].shape[0]),
+        token_table_dtype=str(tables[TOKEN_TABLE].dtype),
         tool_versions=tool_versions(),
         **tokenizer_info,
     )

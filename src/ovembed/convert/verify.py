@@ -30,16 +30,17 @@ def reference_embeddings(encoder, ids: list[list[int]], special_ids: list[int], 
     return {"dense": l2_normalize(np.stack(dense)), "sparse": sparse or None, "colbert": colbert or None}
 
 
-def _sparse_cosine(a: SparseVector, b: SparseVector) -> float:
-    keys = sorted(set(a["indices"]) | set(b["indices"]))
+def _sparse_agreement(a: SparseVector, b: SparseVector) -> tuple[float, float]:
+    """(cosine, largest absolute weight difference) of two lexical-weight vectors; a missing id weighs 0."""
+    wa, wb = dict(zip(a["indices"], a["values"])), dict(zip(b["indices"], b["values"]))
+    keys = sorted(wa.keys() | wb.keys())
     if not keys:
-        return 1.0
-    pos = {k: i for i, k in enumerate(keys)}
-    va, vb = np.zeros(len(keys)), np.zeros(len(keys))
-    va[[pos[k] for k in a["indices"]]] = a["values"]
-    vb[[pos[k] for k in b["indices"]]] = b["values"]
+        return 1.0, 0.0
+    va = np.array([wa.get(k, 0.0) for k in keys])
+    vb = np.array([wb.get(k, 0.0) for k in keys])
     denom = np.linalg.norm(va) * np.linalg.norm(vb)
-    return float(va @ vb / denom) if denom > 0 else float(np.array_equal(va, vb))
+    cosine = float(va @ vb / denom) if denom > 0 else float(np.array_equal(va, vb))
+    return cosine, float(np.abs(va - vb).max())
 
 
 def agreement(reference: dict, candidate) -> dict:
@@ -51,12 +52,8 @@ def agreement(reference: dict, candidate) -> dict:
         "dense_cosine_min": round(float(dense_cos.min()), 6),
     }
     if reference["sparse"] is not None and candidate.sparse is not None:
-        cos = [_sparse_cosine(a, b) for a, b in zip(reference["sparse"], candidate.sparse)]
-        diffs = [
-            abs(dict(zip(a["indices"], a["values"])).get(k, 0.0) - dict(zip(b["indices"], b["values"])).get(k, 0.0))
-            for a, b in zip(reference["sparse"], candidate.sparse)
-            for k in set(a["indices"]) | set(b["indices"])
-        ]
+        pairs = [_sparse_agreement(a, b) for a, b in zip(reference["sparse"], candidate.sparse)]
+        cos, diffs = [p[0] for p in pairs], [p[1] for p in pairs]
         report["sparse_cosine_mean"] = round(float(np.mean(cos)), 6)
         report["sparse_cosine_min"] = round(float(np.min(cos)), 6)
         report["sparse_weight_max_abs_diff"] = round(float(max(diffs, default=0.0)), 6)

@@ -162,8 +162,9 @@ def machine() -> dict:
 
 def _table(results: dict[str, dict], long: int) -> str:
     batch, tokens = THROUGHPUT_SHAPE
-    head = (f"| backend | load s | RSS load MB | RSS warm MB (anon) | peak MB | 1x16 p50/p95 ms | 1x128 p50/p95 ms | "
-            f"1x512 p50/p95 ms | {batch}x{tokens} texts/s | tokens/s |" + (f" 1x{long} s | 1x{long} peak MB |" if long else ""))
+    latency = " | ".join(f"1x{t} p50/p95 ms" for t in LATENCY_SHAPES)
+    head = (f"| backend | load s | RSS load MB | RSS warm MB (anon) | peak MB | {latency} | "
+            f"{batch}x{tokens} texts/s | tokens/s |" + (f" 1x{long} s | 1x{long} peak MB |" if long else ""))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, r in results.items():
         if "error" in r:
@@ -171,8 +172,8 @@ def _table(results: dict[str, dict], long: int) -> str:
             continue
         lat = " | ".join(f"{r[f'1x{t}']['p50_ms']} / {r[f'1x{t}']['p95_ms']}" for t in LATENCY_SHAPES)
         tp = r[f"{batch}x{tokens}"]
-        row = (f"| {name} | {r['load_s']} | {r['rss_after_load_mb']} | {r['rss_after_warmup_mb']} ({r['anon_after_warmup_mb']}) | {r['peak_rss_mb']} | "
-               f"{lat} | {tp['texts_per_s']} | {tp['tokens_per_s']} |")
+        memory = f"{r['rss_after_load_mb']} | {r['rss_after_warmup_mb']} ({r['anon_after_warmup_mb']}) | {r['peak_rss_mb']}"
+        row = f"| {name} | {r['load_s']} | {memory} | {lat} | {tp['texts_per_s']} | {tp['tokens_per_s']} |"
         if long:
             lr = r.get(f"1x{long}")
             row += f" {lr['seconds']} | {lr['peak_rss_mb']} |" if lr else " – | – |"
