@@ -87,3 +87,13 @@ def tiny_m3_model(tiny_m3_fp32):
     from ovembed import load_model
 
     return load_model(tiny_m3_fp32)
+
+
+@pytest.fixture(scope="session")
+def server(tiny_m3_fp32, minilm_int8, tmp_path_factory):
+    """One shared service: the tiny BGE-M3 layout (default, fp32) and MiniLM int8."""
+    from serving import Server
+
+    srv = Server([tiny_m3_fp32, minilm_int8], log=tmp_path_factory.mktemp("logs") / "server.log")
+    yield srv
+    srv.stop()

@@ -67,6 +67,30 @@ def _embed(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+    from pydantic import ValidationError
+
+    from ovembed.config import Settings
+    from ovembed.server import logs
+    from ovembed.server.app import create_app
+
+    flags = {"models": args.model, "default_model": args.default, "host": args.host, "port": args.port,
+             "workers_infer": args.workers_infer, "preload": args.preload}
+    try:
+        settings = Settings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        raise OvembedError(ErrorKind.VALIDATION, f"invalid setting: {exc.errors()[0]['loc'][0]}: "
+                           f"{exc.errors()[0]['msg']}") from None
+    logs.configure(settings.log_level, settings.log_json)
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+                            timeout_graceful_shutdown=settings.graceful_timeout_s, log_level=settings.log_level)
+    server = uvicorn.Server(config)
+    server.run()
+    return EXIT_OK if server.started else EXIT_CHECK_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ovembed", description="BGE-M3 and friends as INT8 OpenVINO models on the CPU.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -96,6 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-truncate", action="store_true", help="fail on texts over the max length instead of cutting")
     e.add_argument("texts", nargs="*", metavar="TEXT", help="texts, or '-' to read one per line from stdin")
     e.set_defaults(func=_embed)
+
+    s = sub.add_parser("serve", help="run the HTTP embedding service",
+                       description="Serve one or more model folders over HTTP (settings also from OVEMBED_* env).")
+    s.add_argument("--model", action="append", help="model folder, or a hub id / name found under models/; repeatable")
+    s.add_argument("--default", help="the model used when a request names none (default: the first)")
+    s.add_argument("--host", help="bind address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port (default 8019)")
+    s.add_argument("--workers-infer", type=int, help="OpenVINO infer requests in flight per model")
+    s.add_argument("--preload", action=argparse.BooleanOptionalAction, default=None,
+                   help="load models at start-up (default; OPENVINO_PRELOAD_MODELS) or on first use")
+    s.set_defaults(func=_serve)
     return parser
 
 

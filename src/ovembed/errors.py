@@ -15,6 +15,10 @@ class ErrorKind(str, Enum):
     HUB_UNREACHABLE = "hub_unreachable"  # the model hub could not be reached
     GATE_FAILED = "gate_failed"  # the accuracy gate refused a quantized model
     BACKEND = "backend"  # inference itself failed
+    OVERLOADED = "overloaded"  # the queue is full: retry later
+    UNAVAILABLE = "unavailable"  # the model is loading or failed to load
+    UNAUTHORIZED = "unauthorized"  # missing or wrong API key
+    PAYLOAD_TOO_LARGE = "payload_too_large"  # request body over the limit
 
 
 class OvembedError(Exception):

@@ -25,6 +25,24 @@ class Embeddings:
     colbert: list[np.ndarray] | None  # float32[tokens - 1, colbert_dim] per text
     token_counts: list[int]
 
+    def slice(self, start: int, end: int, outputs: frozenset[str] | set[str]) -> Embeddings:
+        """Rows start:end, keeping only the named outputs."""
+        return Embeddings(
+            dense=self.dense[start:end] if self.dense is not None and "dense" in outputs else None,
+            sparse=self.sparse[start:end] if self.sparse is not None and "sparse" in outputs else None,
+            colbert=self.colbert[start:end] if self.colbert is not None and "colbert" in outputs else None,
+            token_counts=self.token_counts[start:end],
+        )
+
+    def normalized(self) -> Embeddings:
+        """L2-normalised dense and colbert vectors (sparse weights are left as they are)."""
+        return Embeddings(
+            dense=l2_normalize(self.dense) if self.dense is not None else None,
+            sparse=self.sparse,
+            colbert=[l2_normalize(v) for v in self.colbert] if self.colbert is not None else None,
+            token_counts=self.token_counts,
+        )
+
 
 class EmbeddingModel:
     def __init__(
@@ -65,6 +83,16 @@ class EmbeddingModel:
     def outputs(self) -> list[str]:
         return list(self.manifest.outputs)
 
+    def require_outputs(self, wanted: list[str]) -> None:
+        if not wanted:
+            raise validation("ask for at least one output: dense, sparse or colbert")
+        missing = [name for name in wanted if name not in self.manifest.outputs]
+        if missing:
+            raise validation(
+                f"model {self.manifest.name} has no {', '.join(missing)} output "
+                f"(it has: {', '.join(self.manifest.outputs)})"
+            )
+
     def tokenize(self, texts: Sequence[str], truncate: bool = True) -> list[list[int]]:
         return self.tokenizer.encode(_check_texts(texts), truncate=truncate)
 
@@ -78,14 +106,7 @@ class EmbeddingModel:
         truncate: bool = True,
     ) -> Embeddings:
         wanted = [name for name, on in (("dense", dense), ("sparse", sparse), ("colbert", colbert)) if on]
-        if not wanted:
-            raise validation("ask for at least one output: dense, sparse or colbert")
-        missing = [name for name in wanted if name not in self.manifest.outputs]
-        if missing:
-            raise validation(
-                f"model {self.manifest.name} has no {', '.join(missing)} output "
-                f"(it has: {', '.join(self.manifest.outputs)})"
-            )
+        self.require_outputs(wanted)
         ids = self.tokenize(texts, truncate=truncate)
         return self.embed_tokens(ids, wanted, normalize=normalize)
 

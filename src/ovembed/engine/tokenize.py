@@ -22,17 +22,23 @@ class TextTokenizer:
 
     def encode(self, texts: list[str], truncate: bool = True) -> list[list[int]]:
         """Token ids per text, special tokens included, at most max_length each."""
+        return self.encode_with_lengths(texts, truncate)[0]
+
+    def encode_with_lengths(self, texts: list[str], truncate: bool = True) -> tuple[list[list[int]], list[int]]:
+        """(token ids, untruncated length) per text; with truncate=False a text over max length raises."""
         encodings = self._tok.encode_batch(texts, add_special_tokens=True)
-        if not truncate:
-            for i, enc in enumerate(encodings):
-                if enc.overflowing:
-                    total = len(enc.ids) + sum(len(o.ids) for o in enc.overflowing)
-                    raise OvembedError(
-                        ErrorKind.INPUT_TOO_LONG,
-                        f"text {i} has about {total} tokens, more than the model's max length "
-                        f"{self.max_length}; shorten it or allow truncation",
-                    )
-        return [enc.ids for enc in encodings]
+        ids, full = [], []
+        for i, enc in enumerate(encodings):
+            total = len(enc.ids) + sum(len(o.ids) for o in enc.overflowing)
+            if total > len(enc.ids) and not truncate:
+                raise OvembedError(
+                    ErrorKind.INPUT_TOO_LONG,
+                    f"text {i} has about {total} tokens, more than the model's max length "
+                    f"{self.max_length}; shorten it or allow truncation",
+                )
+            ids.append(enc.ids)
+            full.append(total)
+        return ids, full
 
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)

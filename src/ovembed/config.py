@@ -1,0 +1,42 @@
+"""Service settings: one object, read once at start-up from flags and env (OVEMBED_*), passed down.
+
+The seed service's OPENVINO_PRELOAD_MODELS is honoured as well as OVEMBED_PRELOAD."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OVEMBED_", extra="ignore", populate_by_name=True)
+
+    models: CommaList = Field(default_factory=lambda: ["models/bge-m3-int8"])
+    default_model: str | None = None
+    models_dir: str = "models"
+    host: str = "127.0.0.1"
+    port: int = Field(8019, ge=1, le=65535)
+    preload: bool = Field(True, validation_alias=AliasChoices("OPENVINO_PRELOAD_MODELS", "OVEMBED_PRELOAD"))
+    workers_infer: int | None = Field(None, ge=1, le=64)  # OpenVINO infer requests in flight per model
+    performance_hint: str = "LATENCY"
+    api_keys: CommaList = Field(default_factory=list)
+    max_texts: int = Field(256, ge=1)  # texts per request
+    max_body_bytes: int = Field(16 * 2**20, ge=1024)
+    max_queue_texts: int = Field(4096, ge=1)  # pending texts per model before 503 + Retry-After
+    batch_wait_ms: float = Field(2.0, ge=0)  # how long the batcher waits to merge requests
+    batch_tokens: int = Field(16384, ge=64)  # token budget per inference batch
+    cors_origins: CommaList = Field(default_factory=list)  # off unless set
+    log_level: str = "info"
+    log_json: bool = True
+    graceful_timeout_s: float = Field(30.0, ge=0)
+
+    @field_validator("models", "api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value):
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value

@@ -1,0 +1,1 @@
+"""The HTTP service: FastAPI routes over the engine and its batcher."""

@@ -1,0 +1,49 @@
+"""The one mapping from error kinds to HTTP: status, headers and body shape (OpenAI's under /v1)."""
+
+from __future__ import annotations
+
+import orjson
+from starlette.responses import Response
+
+from ovembed.errors import ErrorKind
+
+STATUS = {
+    ErrorKind.VALIDATION: 422,
+    ErrorKind.INPUT_TOO_LONG: 413,
+    ErrorKind.PAYLOAD_TOO_LARGE: 413,
+    ErrorKind.MODEL_NOT_FOUND: 404,
+    ErrorKind.UNAUTHORIZED: 401,
+    ErrorKind.OVERLOADED: 503,
+    ErrorKind.UNAVAILABLE: 503,
+    ErrorKind.MODEL_INVALID: 503,
+    ErrorKind.HUB_UNREACHABLE: 503,
+    ErrorKind.BACKEND: 500,
+    ErrorKind.GATE_FAILED: 500,
+}
+RETRY_AFTER = {ErrorKind.OVERLOADED: "1", ErrorKind.UNAVAILABLE: "5"}
+
+
+class JSONResponse(Response):
+    """orjson, with NumPy arrays serialised natively: 1024 floats in microseconds, not milliseconds."""
+
+    media_type = "application/json"
+
+    def render(self, content) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def error_response(path: str, kind: ErrorKind, message: str, status: int | None = None) -> JSONResponse:
+    status = status or STATUS.get(kind, 500)
+    headers = {"Retry-After": RETRY_AFTER[kind]} if kind in RETRY_AFTER else {}
+    if kind is ErrorKind.UNAUTHORIZED:
+        headers["WWW-Authenticate"] = "Bearer"
+    if path.startswith("/v1/"):
+        if kind is ErrorKind.VALIDATION:
+            status = 400  # OpenAI's code for invalid requests
+        kind_type = "invalid_request_error" if status < 500 else "server_error"
+        if kind is ErrorKind.UNAUTHORIZED:
+            kind_type = "authentication_error"
+        body = {"error": {"message": message, "type": kind_type, "param": None, "code": kind.value}}
+    else:
+        body = {"error": kind.value, "detail": message}
+    return JSONResponse(body, status_code=status, headers=headers)

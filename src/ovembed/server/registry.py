@@ -1,0 +1,154 @@
+"""The models a service runs: where each lives, its names, its state, its engine and batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ovembed.config import Settings
+from ovembed.engine import EmbeddingModel, TokenBudget
+from ovembed.engine.batcher import TokenBudgetBatcher
+from ovembed.errors import ErrorKind, OvembedError
+from ovembed.models import MANIFEST_NAME, Manifest
+from ovembed.server.metrics import Metrics
+
+
+@dataclass
+class ModelEntry:
+    spec: str  # what the user configured: a folder or a hub id
+    folder: Path | None
+    manifest: Manifest | None
+    name: str
+    aliases: list[str]
+    state: str = "not_loaded"  # not_loaded | loading | ready | error
+    error: str | None = None
+    model: EmbeddingModel | None = None
+    batcher: TokenBudgetBatcher | None = None
+    load_seconds: float | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def model_id(self) -> str:
+        """The id responses report: the hub id when known, else the folder name."""
+        source = self.manifest.source if self.manifest else ""
+        return source if source.count("/") == 1 and not source.startswith("/") else self.name
+
+
+def find_folder(spec: str, models_dir: Path) -> Path | None:
+    """A folder as given, or one under models_dir named `spec` or whose manifest's id or short name is
+    `spec`; when several precisions of one model are there, a hub id means the int8 one."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if not models_dir.is_dir():
+        return None
+    matches = []
+    for folder in sorted(p.parent for p in models_dir.glob(f"*/{MANIFEST_NAME}")):
+        if folder.name == spec:
+            return folder
+        try:
+            manifest = Manifest.read(folder)
+        except OvembedError:
+            continue
+        if spec in (manifest.source, manifest.name):
+            matches.append((manifest.precision != "int8", folder))
+    return min(matches)[1] if matches else None
+
+
+class ModelRegistry:
+    def __init__(self, settings: Settings, metrics: Metrics):
+        self.settings = settings
+        self.metrics = metrics
+        self.entries: list[ModelEntry] = [self._entry(spec) for spec in settings.models]
+        if not self.entries:
+            raise OvembedError(ErrorKind.VALIDATION, "no models configured (--model or OVEMBED_MODELS)")
+        self._by_name: dict[str, ModelEntry] = {}
+        for entry in self.entries:
+            for alias in [entry.name, *entry.aliases, entry.spec]:
+                self._by_name.setdefault(alias, entry)
+        wanted = settings.default_model
+        if wanted and wanted not in self._by_name:
+            raise OvembedError(ErrorKind.MODEL_NOT_FOUND, f"default model '{wanted}' is not among the configured models")
+        self.default = self._by_name[wanted] if wanted else self.entries[0]
+
+    def _entry(self, spec: str) -> ModelEntry:
+        folder = find_folder(spec, Path(self.settings.models_dir))
+        if folder is None:
+            return ModelEntry(spec, None, None, spec, [], state="error",
+                              error=f"model '{spec}' not found (no such folder, nor a model for it under "
+                              f"{self.settings.models_dir}/; make one with `ovembed quantize`)")
+        try:
+            manifest = Manifest.read(folder)
+        except OvembedError as exc:
+            return ModelEntry(spec, folder, None, folder.name, [], state="error", error=str(exc))
+        # Names a client may use; filesystem paths are not names (and are not shown to clients).
+        aliases = [a for a in dict.fromkeys([manifest.source, manifest.name, spec])
+                   if a and a != folder.name and not a.startswith(("/", ".", "~")) and a.count("/") <= 1]
+        return ModelEntry(spec, folder, manifest, folder.name, aliases)
+
+    def get(self, name: str | None) -> ModelEntry:
+        if name is None:
+            return self.default
+        entry = self._by_name.get(name)
+        if entry is None:
+            known = ", ".join(sorted({n for e in self.entries for n in [e.name, *e.aliases]}))
+            raise OvembedError(ErrorKind.MODEL_NOT_FOUND, f"model '{name}' is not served here (known: {known})")
+        return entry
+
+    def load(self, entry: ModelEntry) -> None:
+        """Load (once) in the calling thread; concurrent callers wait for the same load."""
+        with entry._lock:
+            if entry.state in ("ready", "error"):
+                return
+            entry.state = "loading"
+            started = time.perf_counter()
+            try:
+                model = EmbeddingModel(
+                    entry.folder,
+                    budget=TokenBudget(tokens=self.settings.batch_tokens, attention=self.settings.batch_tokens * 512),
+                    performance_hint=self.settings.performance_hint,
+                    infer_requests=self.settings.workers_infer,
+                )
+            except OvembedError as exc:
+                entry.state, entry.error = "error", str(exc)
+                return
+            entry.model = model
+            entry.batcher = TokenBudgetBatcher(
+                model,
+                max_wait_ms=self.settings.batch_wait_ms,
+                max_queue_texts=self.settings.max_queue_texts,
+                on_dispatch=self.metrics.dispatch_recorder(entry.name),
+            )
+            entry.load_seconds = round(time.perf_counter() - started, 3)
+            self.metrics.load_seconds.labels(entry.name).set(entry.load_seconds)
+            entry.state = "ready"
+
+    def preload_in_background(self) -> threading.Thread:
+        def run() -> None:
+            for entry in self.entries:
+                self.load(entry)
+
+        for entry in self.entries:
+            if entry.state == "not_loaded":
+                entry.state = "loading"  # /health says "loading" from the first moment
+        thread = threading.Thread(target=run, name="preload", daemon=True)
+        thread.start()
+        return thread
+
+    async def ready(self, entry: ModelEntry) -> ModelEntry:
+        """The entry, loaded; raises UNAVAILABLE while it cannot serve."""
+        if entry.state != "ready" and entry.state != "error" and not self.settings.preload:
+            await asyncio.to_thread(self.load, entry)
+        if entry.state == "ready":
+            return entry
+        if entry.state == "error":
+            raise OvembedError(ErrorKind.UNAVAILABLE, f"model '{entry.name}' failed to load: {entry.error}")
+        raise OvembedError(ErrorKind.UNAVAILABLE, f"model '{entry.name}' is still loading; retry shortly")
+
+    def close(self) -> None:
+        for entry in self.entries:
+            if entry.batcher is not None:
+                entry.batcher.close()
