@@ -26,9 +26,7 @@ $(MODEL_DIR)/ovembed.json: | $(VENV)/.installed
 	$(BIN)/ovembed quantize "$(MODEL)" --precision $(PRECISION) --output $(MODEL_DIR) $(if $(MODEL_ID),--model-id $(MODEL_ID))
 
 serve: $(VENV)/.installed $(MODEL_DIR)/ovembed.json
-	@# Until the HTTP service lands, the main job is an embedding smoke run.
-	printf 'What is BGE-M3?\nBGE-M3 is a multilingual embedding model.\n' | \
-		$(BIN)/ovembed embed --model $(MODEL_DIR) --dense --sparse - | cut -c1-200
+	$(BIN)/ovembed serve --model $(MODEL_DIR) $(SERVE_ARGS)
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

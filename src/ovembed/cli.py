@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -87,8 +89,28 @@ def _serve(args: argparse.Namespace) -> int:
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
                             timeout_graceful_shutdown=settings.graceful_timeout_s, log_level=settings.log_level)
     server = uvicorn.Server(config)
+    # Uvicorn drains on SIGTERM, then re-raises the signal once it has restored the previous handler;
+    # with the default handler that kills the process (exit -15) after a clean shutdown. A no-op
+    # handler makes a drained shutdown exit 0, as orchestrators expect.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     server.run()
     return EXIT_OK if server.started else EXIT_CHECK_FAILED
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from ovembed.validate import validate
+
+    if not args.url.startswith(("http://", "https://")):
+        raise OvembedError(ErrorKind.VALIDATION, f"--url must start with http:// or https://, not {args.url!r}")
+    for flag, value in (("--queries", args.queries), ("--max-p95-ms", args.max_p95_ms), ("--timeout", args.timeout),
+                        ("--expect-dim", args.expect_dim)):
+        if value is not None and value <= 0:
+            raise OvembedError(ErrorKind.VALIDATION, f"{flag} must be positive")
+    report = validate(args.url.rstrip("/"), expect_model=args.expect_model, expect_dim=args.expect_dim,
+                      max_p95_ms=args.max_p95_ms, queries=args.queries,
+                      api_key=args.api_key or os.environ.get("OVEMBED_API_KEY"), timeout=args.timeout)
+    print(json.dumps(report.as_json()) if args.json else report.table())
+    return EXIT_OK if report.passed else EXIT_CHECK_FAILED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,6 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--preload", action=argparse.BooleanOptionalAction, default=None,
                    help="load models at start-up (default; OPENVINO_PRELOAD_MODELS) or on first use")
     s.set_defaults(func=_serve)
+
+    v = sub.add_parser("validate", help="check a running service: health, model, dimension, embeddings, latency",
+                       description="Check a deployed service as the BGE-M3 upgrade guide does. Exit 0 when every "
+                       "check passes, 1 when one fails (including an unreachable service), 2 for usage errors.")
+    v.add_argument("--url", default="http://localhost:8019", help="the service (default http://localhost:8019)")
+    v.add_argument("--expect-model", metavar="ID", help="the default model must answer to this id or alias")
+    v.add_argument("--expect-dim", type=int, metavar="N", help="the default model's dimension must be N")
+    v.add_argument("--max-p95-ms", type=float, default=200.0, help="latency budget for one short query (200)")
+    v.add_argument("--queries", type=int, default=50, help="sequential one-text queries to time (50)")
+    v.add_argument("--api-key", metavar="KEY", help="Bearer key (default: env OVEMBED_API_KEY)")
+    v.add_argument("--timeout", type=float, default=10.0, help="seconds per request (10)")
+    v.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    v.set_defaults(func=_validate)
     return parser
 
 

@@ -27,7 +27,9 @@ class Settings(BaseSettings):
     max_texts: int = Field(256, ge=1)  # texts per request
     max_body_bytes: int = Field(16 * 2**20, ge=1024)
     max_queue_texts: int = Field(4096, ge=1)  # pending texts per model before 503 + Retry-After
-    batch_wait_ms: float = Field(2.0, ge=0)  # how long the batcher waits to merge requests
+    # Extra wait for companions before an engine call. 0: dispatch at once when idle, and merge whatever
+    # queued while the engine was busy, so a lone query pays no wait and load still gets large batches.
+    batch_wait_ms: float = Field(0.0, ge=0)
     batch_tokens: int = Field(16384, ge=64)  # token budget per inference batch
     cors_origins: CommaList = Field(default_factory=list)  # off unless set
     log_level: str = "info"

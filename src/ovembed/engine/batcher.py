@@ -59,13 +59,14 @@ class _Job:
 
 
 class TokenBudgetBatcher:
-    """Merges concurrent callers' texts into one engine call, waiting at most `max_wait_ms`.
+    """Merges concurrent callers' texts into one engine call.
 
-    One worker thread per model drives the engine; the engine then packs the merged texts into
-    length-sorted token-budget batches. Results go back to each caller in its own order. The queue is
+    One worker thread per model drives the engine: when idle it dispatches at once (optionally waiting
+    up to `max_wait_ms` for companions); while it is busy, new callers queue and are merged into the
+    next call. The engine then packs the merged texts into length-sorted token-budget batches. Results go back to each caller in its own order. The queue is
     bounded in texts: past `max_queue_texts` a submit raises Overloaded instead of growing memory."""
 
-    def __init__(self, model, max_wait_ms: float = 2.0, max_queue_texts: int = 4096, on_dispatch=None):
+    def __init__(self, model, max_wait_ms: float = 0.0, max_queue_texts: int = 4096, on_dispatch=None):
         self.model = model
         self.max_wait = max_wait_ms / 1000
         self.max_queue_texts = max_queue_texts

@@ -2,10 +2,12 @@
 
     python -m ovembed.evaluate.bench engine SOURCE_FOLDER [--precisions fp32,int8-weights,int8]
     python -m ovembed.evaluate.bench engine --bge-m3-architecture      # random weights, real shapes
+    python -m ovembed.evaluate.bench http --url URL [--engine-model FOLDER]   # a running service
 
 Each backend runs in its own child process, one after the other, so RSS after load and peak RSS
-belong to that backend alone and the two cores are not shared. Prints a table and ratios; --json
-writes the raw figures."""
+belong to that backend alone and the two cores are not shared. `http` drives a running service with
+concurrent clients and, with --engine-model, compares it with the engine in-process (timed before the
+load, not during it). Each prints a table and ratios; --json writes the raw figures."""
 
 from __future__ import annotations
 
@@ -231,6 +233,202 @@ def _engine(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 
 
+# --- http: a running service under concurrent clients ------------------------------------------------
+
+HTTP_TEXTS = 256  # distinct texts per token count, so no request repeats a recent one
+HTTP_TIMEOUT_S = 60.0
+ENGINE_BATCH = 32
+
+
+def _positive_ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _token_counts(client, model: str | None, texts: list[str]) -> list[int] | None:
+    """Token counts from the service's /tokenize, or None when it cannot tell (then words are the estimate)."""
+    from ovembed.validate import RequestFailed, call
+
+    try:
+        counts = call(client, "POST", "/tokenize", {"texts": texts, **({"model": model} if model else {})})["counts"]
+    except (RequestFailed, KeyError):
+        return None
+    return counts if isinstance(counts, list) and len(counts) == len(texts) else None
+
+
+def _texts_of_tokens(client, model: str | None, tokens: int) -> tuple[list[str], float | None]:
+    """HTTP_TEXTS varied texts of about `tokens` tokens: sized by word count, corrected once with the
+    tokenizer's measured tokens per word. Returns the texts and their mean token count (None if unknown)."""
+    from ovembed.validate import varied_texts
+
+    words = max(1, tokens - 3)  # each text also has a leading number, [CLS] and [SEP]
+    counts = _token_counts(client, model, varied_texts(16, words))
+    if counts:
+        per_word = max((float(np.mean(counts)) - 2) / (words + 1), 0.1)
+        words = max(1, round((tokens - 2) / per_word) - 1)
+    texts = varied_texts(HTTP_TEXTS, words)
+    counts = _token_counts(client, model, texts)
+    return texts, (round(float(np.mean(counts)), 1) if counts else None)
+
+
+def _time_runs(run, seconds: float, min_runs: int, max_runs: int) -> list[float]:
+    """Milliseconds of run(i) for i = 0, 1, …: at least min_runs, then until `seconds` or max_runs."""
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(times) < min_runs or (time.perf_counter() < deadline and len(times) < max_runs):
+        t0 = time.perf_counter()
+        run(len(times))
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+def _engine_shape(model, texts: list[str], seconds: float) -> dict:
+    """One-text latency and batch-32 throughput of the engine on `texts`."""
+    model.embed(texts[:ENGINE_BATCH])  # warm-up: the first inference of a shape compiles kernels
+    single = _time_runs(lambda i: model.embed([texts[i % len(texts)]]), seconds, 10, 1000)
+    batches = [texts[s:s + ENGINE_BATCH] for s in range(0, len(texts) - ENGINE_BATCH + 1, ENGINE_BATCH)]
+    batch = _time_runs(lambda i: model.embed(batches[i % len(batches)]), seconds, 3, 100)
+    return {"p50_ms": round(float(np.percentile(single, 50)), 2), "runs": len(single),
+            f"batch{ENGINE_BATCH}_texts_per_s": round(ENGINE_BATCH / (float(np.median(batch)) / 1000), 1)}
+
+
+def _engine_figures(folder: Path, texts_by_tokens: dict[int, list[str]], seconds: float) -> dict[int, dict]:
+    """The engine in this process on the same texts as the HTTP rows, per token count."""
+    from ovembed.engine import load_model
+
+    model = load_model(folder)
+    return {tokens: _engine_shape(model, texts, seconds) for tokens, texts in texts_by_tokens.items()}
+
+
+async def _drive(url: str, headers: dict, model: str | None, texts: list[str], concurrency: int,
+                 seconds: float) -> dict:
+    """`concurrency` clients, each sending one text per request back to back until `seconds` pass."""
+    import asyncio
+
+    import httpx
+
+    from ovembed.validate import percentiles
+
+    times: list[float] = []
+    errors: list[str] = []
+    extra = {"model": model} if model else {}
+    max_requests = int(seconds * 2000) + 1  # bounds each client even if the clock misbehaves
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=HTTP_TIMEOUT_S, limits=limits) as client:
+
+        async def one(i: int) -> None:
+            t0 = time.perf_counter()
+            try:
+                response = await client.post("/embeddings", json={"texts": [texts[i % len(texts)]], **extra})
+                error = None if response.status_code == 200 else f"HTTP {response.status_code}: {response.text[:200]}"
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            if error:
+                errors.append(error)
+            else:
+                times.append((time.perf_counter() - t0) * 1000)
+
+        async def client_loop(k: int, deadline: float) -> None:
+            for n in range(max_requests):
+                if time.perf_counter() >= deadline:
+                    return
+                await one(k + n * concurrency)
+
+        await asyncio.gather(*(one(k) for k in range(concurrency)))  # warm-up: open the connections
+        times.clear()
+        errors.clear()
+        started = time.perf_counter()
+        await asyncio.gather(*(client_loop(k, started + seconds) for k in range(concurrency)))
+        wall = time.perf_counter() - started
+    row = {"requests": len(times) + len(errors), "errors": len(errors),
+           **({f"{k}_ms": v for k, v in percentiles(times).items()} if times else {"p50_ms": None, "p95_ms": None,
+                                                                                  "p99_ms": None}),
+           "requests_per_s": round((len(times) + len(errors)) / wall, 1), "texts_per_s": round(len(times) / wall, 1)}
+    if errors:
+        row["first_error"] = errors[0]
+    return row
+
+
+def _http_table(rows: list[dict]) -> str:
+    head = "| concurrency | tokens | requests | errors | p50 ms | p95 ms | p99 ms | requests/s | texts/s |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(f"| {r['concurrency']} | {r['tokens']} | {r['requests']} | {r['errors']} | {r['p50_ms']} | "
+                     f"{r['p95_ms']} | {r['p99_ms']} | {r['requests_per_s']} | {r['texts_per_s']} |")
+    return "\n".join(lines)
+
+
+def _http_vs_engine(rows: list[dict], engine: dict[int, dict]) -> list[str]:
+    """Latency at concurrency 1 on the shortest texts, throughput at the highest concurrency on the longest."""
+    out = []
+    short = min(engine)
+    single = next((r for r in rows if r["concurrency"] == 1 and r["tokens"] == short and r["p50_ms"]), None)
+    if single:
+        e = engine[short]["p50_ms"]
+        out.append(f"HTTP p50 1x{short} = {single['p50_ms']} ms vs engine {e} ms ({single['p50_ms'] - e:+.2f} ms)")
+    long, busiest = max(engine), max(r["concurrency"] for r in rows)
+    loaded = next((r for r in rows if r["concurrency"] == busiest and r["tokens"] == long), None)
+    if loaded:
+        e = engine[long][f"batch{ENGINE_BATCH}_texts_per_s"]
+        out.append(f"HTTP throughput at concurrency {busiest} x {long} tokens = {loaded['texts_per_s']} texts/s = "
+                   f"{100 * loaded['texts_per_s'] / e:.0f}% of engine batch-{ENGINE_BATCH} {e} texts/s")
+    return out
+
+
+def _http(args: argparse.Namespace) -> None:
+    import asyncio
+
+    import httpx
+
+    from ovembed.validate import RequestFailed, call
+
+    url = args.url.rstrip("/")
+    api_key = args.api_key or os.environ.get("OVEMBED_API_KEY")
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with httpx.Client(base_url=url, headers=headers, timeout=HTTP_TIMEOUT_S) as client:
+        try:
+            call(client, "GET", "/health")
+        except RequestFailed as exc:
+            sys.exit(f"bench http: {exc}")
+        sized = {t: _texts_of_tokens(client, args.model, t) for t in args.tokens}
+    texts_by_tokens = {t: texts for t, (texts, _) in sized.items()}
+    engine = None
+    if args.engine_model:
+        # Before the HTTP load, never during it: on two cores the two would measure each other.
+        print(f"[bench] engine in-process: {args.engine_model}", file=sys.stderr, flush=True)
+        engine = _engine_figures(Path(args.engine_model), texts_by_tokens, args.seconds)
+    rows = []
+    for tokens in args.tokens:
+        for concurrency in args.concurrency:
+            print(f"[bench] http {concurrency} clients x {tokens} tokens ...", file=sys.stderr, flush=True)
+            row = asyncio.run(_drive(url, headers, args.model, texts_by_tokens[tokens], concurrency, args.seconds))
+            rows.append({"concurrency": concurrency, "tokens": tokens, **row})
+    print(f"service: {url}  model: {args.model or 'the default'}  {args.seconds:g} s per row, one text per request")
+    print("texts: " + ", ".join(f"~{t} tokens (mean {m if m is not None else 'unknown'})" for t, (_, m) in sized.items()))
+    print(_http_table(rows))
+    for r in rows:
+        if "first_error" in r:
+            print(f"errors at {r['concurrency']} x {r['tokens']}: first was {r['first_error']}")
+    comparison = []
+    if engine:
+        for tokens, e in engine.items():
+            print(f"engine {tokens} tokens: 1 text p50 {e['p50_ms']} ms, batch-{ENGINE_BATCH} "
+                  f"{e[f'batch{ENGINE_BATCH}_texts_per_s']} texts/s")
+        comparison = _http_vs_engine(rows, engine)
+        for line in comparison:
+            print(line)
+    if args.json:
+        report = {"machine": machine(), "url": url, "model": args.model, "seconds": args.seconds,
+                  "mean_tokens": {t: m for t, (_, m) in sized.items()}, "http": rows, "engine": engine,
+                  "comparison": comparison, "command": "python -m ovembed.evaluate.bench " + " ".join(sys.argv[1:])}
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ovembed.evaluate.bench")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -247,6 +445,16 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--skip-pytorch", action="store_true")
     e.add_argument("--json", help="write the figures to this file")
     e.set_defaults(func=_engine)
+    h = sub.add_parser("http", help="a running service under N concurrent clients (optionally vs the engine)")
+    h.add_argument("--url", required=True, help="the service, e.g. http://127.0.0.1:8019")
+    h.add_argument("--model", help="model name to ask for (default: the service's default)")
+    h.add_argument("--concurrency", type=_positive_ints, default=[1, 8, 32], help="clients, comma-separated (1,8,32)")
+    h.add_argument("--tokens", type=_positive_ints, default=[16, 128], help="tokens per text, comma-separated (16,128)")
+    h.add_argument("--seconds", type=float, default=5.0, help="time per (concurrency, tokens) row")
+    h.add_argument("--engine-model", help="also time this model folder in-process on the same texts, before the load")
+    h.add_argument("--api-key", help="Bearer key (default: env OVEMBED_API_KEY)")
+    h.add_argument("--json", help="write the figures to this file")
+    h.set_defaults(func=_http)
     w = sub.add_parser("_worker")
     w.add_argument("--backend", required=True)
     w.add_argument("--path", required=True)
