@@ -9,8 +9,8 @@ import re
 import httpx
 import numpy as np
 import pytest
-from conftest import MINILM_ID
 
+from conftest import MINILM_ID
 from ovembed.engine.outputs import colbert_score, combined_score, dense_score, lexical_score
 
 

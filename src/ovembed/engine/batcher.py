@@ -63,8 +63,9 @@ class TokenBudgetBatcher:
 
     One worker thread per model drives the engine: when idle it dispatches at once (optionally waiting
     up to `max_wait_ms` for companions); while it is busy, new callers queue and are merged into the
-    next call. The engine then packs the merged texts into length-sorted token-budget batches. Results go back to each caller in its own order. The queue is
-    bounded in texts: past `max_queue_texts` a submit raises Overloaded instead of growing memory."""
+    next call. The engine then packs the merged texts into length-sorted token-budget batches.
+    Results go back to each caller in its own order. The queue is bounded in texts: past
+    `max_queue_texts` a submit raises Overloaded instead of growing memory."""
 
     def __init__(self, model, max_wait_ms: float = 0.0, max_queue_texts: int = 4096, on_dispatch=None):
         self.model = model

@@ -27,6 +27,9 @@ from ovembed.server.middleware import ApiKeys, BodyLimit, Observability
 from ovembed.server.registry import ModelEntry, ModelRegistry
 
 log = logging.getLogger("ovembed.server")
+# Up to this many characters per request are tokenized on the event loop; more go to a thread, so a
+# 10 MB text cannot stall other requests.
+INLINE_TOKENIZE_CHARS = 20_000
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -88,7 +91,10 @@ def create_app(settings: Settings) -> FastAPI:
             raise validation(f"{len(texts)} texts in one request; the limit is {settings.max_texts}")
         entry = await registry.ready(entry)
         entry.model.require_outputs(wanted)
-        ids = await asyncio.to_thread(entry.model.tokenize, texts, truncate)
+        if sum(len(t) for t in texts) < INLINE_TOKENIZE_CHARS:
+            ids = entry.model.tokenize(texts, truncate)  # microseconds: a thread hop would cost more
+        else:
+            ids = await asyncio.to_thread(entry.model.tokenize, texts, truncate)
         try:
             future = entry.batcher.submit(ids, wanted)
         except Overloaded as exc:
