@@ -20,7 +20,8 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, models: list[Path], env: dict[str, str] | None = None, wait_ready: bool = True, log: Path | None = None):
+    def __init__(self, models: list[Path], env: dict[str, str] | None = None, wait_ready: bool = True,
+                 log: Path | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OVEMBED_", "OPENVINO_PRELOAD"))}
