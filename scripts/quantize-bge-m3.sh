@@ -22,18 +22,6 @@ if [[ $# -gt 0 && "$1" != -* ]]; then model="$1"; shift; fi
 if [[ $# -gt 0 && "$1" != -* ]]; then output="$1"; shift; fi
 if [[ "${1:-}" == "--" ]]; then shift; fi
 
-# Run from a checkout without activating the venv: fall back to the project's .venv.
-repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-ovembed="${OVEMBED:-ovembed}"
-if [[ -z "${OVEMBED:-}" ]] && ! command -v ovembed >/dev/null 2>&1; then
-    if [[ -x .venv/bin/ovembed ]]; then
-        ovembed=".venv/bin/ovembed"
-    elif [[ -x "$repo_root/.venv/bin/ovembed" ]]; then
-        ovembed="$repo_root/.venv/bin/ovembed"
-    else
-        echo "error: 'ovembed' is not on PATH and no .venv/bin/ovembed was found; run 'make install' or set OVEMBED" >&2
-        exit 2
-    fi
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/find-ovembed.sh"
 
 exec "$ovembed" quantize "$model" --output "$output" "$@"

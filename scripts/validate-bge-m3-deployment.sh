@@ -19,17 +19,6 @@ url="http://localhost:8019"
 if [[ $# -gt 0 && "$1" != -* ]]; then url="$1"; shift; fi
 if [[ "${1:-}" == "--" ]]; then shift; fi
 
-repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-ovembed="${OVEMBED:-ovembed}"
-if [[ -z "${OVEMBED:-}" ]] && ! command -v ovembed >/dev/null 2>&1; then
-    if [[ -x .venv/bin/ovembed ]]; then
-        ovembed=".venv/bin/ovembed"
-    elif [[ -x "$repo_root/.venv/bin/ovembed" ]]; then
-        ovembed="$repo_root/.venv/bin/ovembed"
-    else
-        echo "error: 'ovembed' is not on PATH and no .venv/bin/ovembed was found; run 'make install' or set OVEMBED" >&2
-        exit 2
-    fi
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/find-ovembed.sh"
 
 exec "$ovembed" validate --url "$url" --expect-model BAAI/bge-m3 --expect-dim 1024 --max-p95-ms 200 "$@"
