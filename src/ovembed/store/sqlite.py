@@ -1,0 +1,287 @@
+"""SQLite backend: one file, WAL mode; vectors as float32 blobs searched exactly with NumPy, lexical
+weights in a postings table searched with SQL."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from ovembed.engine.outputs import SparseVector
+from ovembed.errors import ErrorKind, OvembedError
+from ovembed.store.base import (
+    Chunk,
+    ChunkInput,
+    Hit,
+    Space,
+    SpaceStatus,
+    Store,
+    VectorRow,
+    content_hash,
+    store_error,
+)
+
+MIGRATIONS = [
+    """
+    CREATE TABLE documents (id TEXT PRIMARY KEY, metadata TEXT NOT NULL, updated_at REAL NOT NULL);
+    CREATE TABLE chunks (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        doc_id TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL, text TEXT NOT NULL, content_hash TEXT NOT NULL, metadata TEXT NOT NULL,
+        UNIQUE (doc_id, seq));
+    CREATE INDEX chunks_hash ON chunks(content_hash);
+    CREATE TABLE spaces (
+        name TEXT PRIMARY KEY, model_id TEXT NOT NULL, precision TEXT NOT NULL, dimension INTEGER NOT NULL,
+        model_ref TEXT NOT NULL, sparse INTEGER NOT NULL, active INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL);
+    CREATE UNIQUE INDEX spaces_one_active ON spaces(active) WHERE active = 1;
+    CREATE TABLE vectors (
+        space TEXT NOT NULL REFERENCES spaces(name) ON DELETE CASCADE,
+        chunk_id INTEGER NOT NULL REFERENCES chunks(id) ON DELETE CASCADE,
+        dense BLOB NOT NULL,
+        PRIMARY KEY (space, chunk_id)) WITHOUT ROWID;
+    CREATE INDEX vectors_chunk ON vectors(chunk_id);
+    CREATE TABLE postings (
+        space TEXT NOT NULL, token_id INTEGER NOT NULL, chunk_id INTEGER NOT NULL, weight REAL NOT NULL,
+        PRIMARY KEY (space, token_id, chunk_id),
+        FOREIGN KEY (space, chunk_id) REFERENCES vectors(space, chunk_id) ON DELETE CASCADE) WITHOUT ROWID;
+    CREATE INDEX postings_chunk ON postings(space, chunk_id);
+    CREATE TABLE checkpoints (job TEXT PRIMARY KEY, last_id INTEGER NOT NULL, done INTEGER NOT NULL,
+                              updated_at REAL NOT NULL);
+    """,
+]
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self.conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, never corrupt
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise OvembedError(ErrorKind.UNAVAILABLE, f"cannot open SQLite database {self.path}: {exc}") from None
+        self._lock = threading.RLock()
+        self._dense_cache: dict[str, tuple[tuple[int, int], np.ndarray, np.ndarray]] = {}
+        self._own_writes = 0
+
+    @contextmanager
+    def _tx(self):
+        """One write transaction, taken up front (IMMEDIATE) so concurrent writers queue, not deadlock."""
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+            self._own_writes += 1
+
+    def _migrate(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = self.conn.execute("SELECT version FROM schema_version").fetchone()
+            version = row[0] if row else 0
+            for step in MIGRATIONS[version:]:
+                for statement in filter(str.strip, step.split(";")):
+                    self.conn.execute(statement)
+            if row is None:
+                self.conn.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
+            else:
+                self.conn.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    # --- documents and chunks ----------------------------------------------------------------------
+    def upsert_document(self, doc_id: str, chunks: list[ChunkInput], metadata: dict | None = None) -> list[int]:
+        with self._tx() as db:
+            db.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
+            db.execute("INSERT INTO documents VALUES (?, ?, ?)", (doc_id, json.dumps(metadata or {}), time.time()))
+            ids = []
+            for seq, chunk in enumerate(chunks):
+                cur = db.execute(
+                    "INSERT INTO chunks (doc_id, seq, text, content_hash, metadata) VALUES (?, ?, ?, ?, ?)",
+                    (doc_id, seq, chunk.text, content_hash(chunk.text), json.dumps(chunk.metadata)),
+                )
+                ids.append(cur.lastrowid)
+            return ids
+
+    def delete_document(self, doc_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
+
+    def get_chunks(self, chunk_ids: list[int]) -> list[Chunk]:
+        found: dict[int, Chunk] = {}
+        with self._lock:
+            for part in _parts(chunk_ids):
+                marks = ",".join("?" * len(part))
+                for row in self.conn.execute(f"SELECT * FROM chunks WHERE id IN ({marks})", part):
+                    found[row[0]] = _chunk(row)
+        return [found[i] for i in chunk_ids if i in found]
+
+    def chunks_after(self, after_id: int, limit: int, missing_in: str | None = None) -> list[Chunk]:
+        with self._lock:
+            if missing_in is None:
+                rows = self.conn.execute("SELECT * FROM chunks WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
+            else:
+                rows = self.conn.execute(
+                    "SELECT c.* FROM chunks c WHERE c.id > ? AND NOT EXISTS "
+                    "(SELECT 1 FROM vectors v WHERE v.space = ? AND v.chunk_id = c.id) ORDER BY c.id LIMIT ?",
+                    (after_id, missing_in, limit),
+                )
+            return [_chunk(r) for r in rows.fetchall()]
+
+    def count_chunks(self) -> int:
+        with self._lock:
+            return self.conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+
+    # --- spaces ------------------------------------------------------------------------------------
+    def create_space(self, space: Space) -> None:
+        with self._tx() as db:
+            row = db.execute("SELECT name, model_id, precision, dimension, model_ref, sparse FROM spaces WHERE name = ?",
+                             (space.name,)).fetchone()
+            if row is not None:
+                if _space(row) != space:
+                    raise store_error(f"space '{space.name}' already exists with a different definition "
+                                      f"({_space(row)}); drop it first or choose another name")
+                return
+            first = db.execute("SELECT COUNT(*) FROM spaces").fetchone()[0] == 0
+            db.execute("INSERT INTO spaces VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (space.name, space.model_id, space.precision, space.dimension, space.model_ref,
+                        int(space.sparse), int(first), time.time()))
+
+    def spaces(self) -> list[SpaceStatus]:
+        with self._lock:
+            chunks = self.conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+            rows = self.conn.execute(
+                "SELECT s.name, s.model_id, s.precision, s.dimension, s.model_ref, s.sparse, s.active, "
+                "(SELECT COUNT(*) FROM vectors v WHERE v.space = s.name) FROM spaces s ORDER BY s.created_at, s.name"
+            ).fetchall()
+        return [SpaceStatus(_space(r[:6]), bool(r[6]), r[7], chunks) for r in rows]
+
+    def activate(self, name: str, force: bool = False) -> None:
+        status = self.space(name)
+        if not status.complete and not force:
+            raise store_error(f"space '{name}' is incomplete: {status.chunks - status.vectors} of {status.chunks} "
+                              "chunks have no vector yet; finish `ovembed reembed` first, or use --force")
+        with self._tx() as db:
+            db.execute("UPDATE spaces SET active = 0 WHERE active = 1")
+            db.execute("UPDATE spaces SET active = 1 WHERE name = ?", (name,))
+
+    def drop_space(self, name: str) -> None:
+        if self.space(name).active:
+            raise store_error(f"space '{name}' is the active one: activate another space before dropping it")
+        with self._tx() as db:
+            db.execute("DELETE FROM postings WHERE space = ?", (name,))
+            db.execute("DELETE FROM vectors WHERE space = ?", (name,))
+            db.execute("DELETE FROM spaces WHERE name = ?", (name,))
+        self._dense_cache.pop(name, None)
+
+    # --- vectors -----------------------------------------------------------------------------------
+    def put_vectors(self, space: str, rows: list[VectorRow]) -> int:
+        definition = self.space(space).space
+        self._check_rows(definition, rows)
+        with self._tx() as db:
+            existing = set()
+            for part in _parts([r.chunk_id for r in rows]):
+                marks = ",".join("?" * len(part))
+                existing.update(i for (i,) in db.execute(f"SELECT id FROM chunks WHERE id IN ({marks})", part))
+            rows = [r for r in rows if r.chunk_id in existing]
+            db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
+                           [(space, r.chunk_id, np.asarray(r.dense, "<f4").tobytes()) for r in rows])
+            if definition.sparse:
+                db.executemany("DELETE FROM postings WHERE space = ? AND chunk_id = ?", [(space, r.chunk_id) for r in rows])
+                db.executemany("INSERT INTO postings VALUES (?, ?, ?, ?)", [
+                    (space, int(t), r.chunk_id, float(w))
+                    for r in rows if r.sparse for t, w in zip(r.sparse["indices"], r.sparse["values"], strict=True)
+                ])
+        return len(rows)
+
+    def count_vectors(self, space: str) -> int:
+        with self._lock:
+            return self.conn.execute("SELECT COUNT(*) FROM vectors WHERE space = ?", (space,)).fetchone()[0]
+
+    def get_dense(self, space: str, chunk_ids: list[int]) -> dict[int, np.ndarray]:
+        out = {}
+        with self._lock:
+            for part in _parts(chunk_ids):
+                marks = ",".join("?" * len(part))
+                for chunk_id, blob in self.conn.execute(
+                    f"SELECT chunk_id, dense FROM vectors WHERE space = ? AND chunk_id IN ({marks})", [space, *part]
+                ):
+                    out[chunk_id] = np.frombuffer(blob, "<f4").copy()
+        return out
+
+    def _matrix(self, space: str) -> tuple[np.ndarray, np.ndarray]:
+        """All of a space's vectors as (ids, matrix), cached until this or another connection writes."""
+        with self._lock:
+            version = (self.conn.execute("PRAGMA data_version").fetchone()[0], self._own_writes)
+            cached = self._dense_cache.get(space)
+            if cached and cached[0] == version:
+                return cached[1], cached[2]
+            rows = self.conn.execute("SELECT chunk_id, dense FROM vectors WHERE space = ? ORDER BY chunk_id",
+                                     (space,)).fetchall()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        dim = self.space(space).space.dimension
+        matrix = np.frombuffer(b"".join(r[1] for r in rows), "<f4").reshape(len(rows), dim)
+        self._dense_cache[space] = (version, ids, matrix)
+        return ids, matrix
+
+    def search_dense(self, space: str, query: np.ndarray, k: int) -> list[Hit]:
+        ids, matrix = self._matrix(space)
+        if len(ids) == 0 or k <= 0:
+            return []
+        scores = matrix @ np.asarray(query, np.float32)
+        top = np.argpartition(-scores, min(k, len(scores)) - 1)[:k]
+        top = top[np.lexsort((ids[top], -scores[top]))]
+        return [Hit(int(ids[i]), float(scores[i])) for i in top]
+
+    def search_sparse(self, space: str, query: SparseVector, k: int) -> list[Hit]:
+        if not query["indices"] or k <= 0:
+            return []
+        values = ",".join("(?, ?)" for _ in query["indices"])
+        params = [x for pair in zip(query["indices"], query["values"], strict=True) for x in pair]
+        with self._lock:
+            rows = self.conn.execute(
+                f"WITH q(token_id, w) AS (VALUES {values}) "
+                "SELECT p.chunk_id, SUM(p.weight * q.w) AS s FROM postings p JOIN q ON p.token_id = q.token_id "
+                "WHERE p.space = ? GROUP BY p.chunk_id HAVING s > 0 ORDER BY s DESC, p.chunk_id LIMIT ?",
+                [*params, space, k],
+            ).fetchall()
+        return [Hit(int(i), float(s)) for i, s in rows]
+
+    # --- checkpoints -------------------------------------------------------------------------------
+    def get_checkpoint(self, job: str) -> tuple[int, int]:
+        with self._lock:
+            row = self.conn.execute("SELECT last_id, done FROM checkpoints WHERE job = ?", (job,)).fetchone()
+        return (row[0], row[1]) if row else (0, 0)
+
+    def set_checkpoint(self, job: str, last_id: int, done: int) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?)", (job, last_id, done, time.time()))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _parts(ids: list[int], size: int = 900) -> list[list[int]]:
+    return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
+
+
+def _chunk(row) -> Chunk:
+    return Chunk(id=row[0], doc_id=row[1], seq=row[2], text=row[3], content_hash=row[4], metadata=json.loads(row[5]))
+
+
+def _space(row) -> Space:
+    return Space(name=row[0], model_id=row[1], precision=row[2], dimension=row[3], model_ref=row[4], sparse=bool(row[5]))
