@@ -113,6 +113,78 @@ def _validate(args: argparse.Namespace) -> int:
     return EXIT_OK if report.passed else EXIT_CHECK_FAILED
 
 
+DEFAULT_DB = os.environ.get("OVEMBED_DB", "data/ovembed.db")
+
+
+def _rag(args: argparse.Namespace):
+    from ovembed.rag import RAG, make_embedder
+    from ovembed.store import open_store
+
+    embedder = make_embedder(args.model, args.url, args.api_key or os.environ.get("OVEMBED_API_KEY"))
+    return RAG(open_store(args.db), embedder)
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from ovembed.rag import read_documents
+
+    docs = read_documents(args.path)  # all read and checked before anything is written
+    rag = _rag(args)
+    with rag.store:
+        stats = rag.ingest(docs, chunk_tokens=args.chunk_tokens, overlap=args.overlap)
+    print(json.dumps(stats) if args.json else
+          f"ingested {stats['documents']} documents as {stats['chunks']} chunks into {args.db}"
+          + (f" ({stats['empty']} empty documents skipped)" if stats["empty"] else ""))
+    return EXIT_OK
+
+
+def _search(args: argparse.Namespace) -> int:
+    rag = _rag(args)
+    with rag.store:
+        results = rag.search(args.query, k=args.k, mode=args.mode, rerank=args.rerank)
+    if args.json:
+        print(json.dumps([{"rank": i + 1, "score": r.score, "scores": r.scores, "chunk_id": r.chunk.id,
+                           "doc_id": r.chunk.doc_id, "text": r.chunk.text, "metadata": r.chunk.metadata}
+                          for i, r in enumerate(results)], ensure_ascii=False))
+    else:
+        for i, r in enumerate(results, 1):
+            preview = " ".join(r.chunk.text.split())[:100]
+            print(f"{i:>3}  {r.score:8.4f}  {r.chunk.doc_id[:30]:30s}  {preview}")
+    return EXIT_OK
+
+
+def _spaces(args: argparse.Namespace) -> int:
+    from ovembed.store import open_store
+
+    with open_store(args.db) as store:
+        if args.action == "activate":
+            store.activate(args.name, force=args.force)
+            print(f"active space: {args.name}")
+        elif args.action == "drop":
+            store.drop_space(args.name)
+            print(f"dropped space {args.name}")
+        statuses = store.spaces()
+    if args.action == "list":
+        if args.json:
+            print(json.dumps([{"name": s.space.name, "model_id": s.space.model_id, "precision": s.space.precision,
+                               "dimension": s.space.dimension, "sparse": s.space.sparse, "active": s.active,
+                               "vectors": s.vectors, "chunks": s.chunks, "complete": s.complete} for s in statuses]))
+        else:
+            for s in statuses:
+                mark = "*" if s.active else " "
+                print(f"{mark} {s.space.name:30s} {s.space.model_id:40s} {s.space.dimension:>5}d "
+                      f"{s.vectors}/{s.chunks} {'complete' if s.complete else 'incomplete'}")
+    return EXIT_OK
+
+
+def _store_args(p: argparse.ArgumentParser, embed: bool = True) -> None:
+    p.add_argument("--db", default=DEFAULT_DB, help="SQLite file or postgresql://... (default: data/ovembed.db)")
+    if embed:
+        p.add_argument("--model", help="model folder, embedding in-process")
+        p.add_argument("--url", help="a running `ovembed serve`, e.g. http://127.0.0.1:8019")
+        p.add_argument("--api-key", help="Bearer key for --url (default: env OVEMBED_API_KEY)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ovembed", description="BGE-M3 and friends as INT8 OpenVINO models on the CPU.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -153,6 +225,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--preload", action=argparse.BooleanOptionalAction, default=None,
                    help="load models at start-up (default; OPENVINO_PRELOAD_MODELS) or on first use")
     s.set_defaults(func=_serve)
+
+    i = sub.add_parser("ingest", help="read, chunk, embed and store documents (.txt, .md, .jsonl, a folder, or -)")
+    i.add_argument("path", help="file, folder, or '-' for JSON lines on stdin")
+    i.add_argument("--chunk-tokens", type=int, default=512, help="tokens per chunk (capped at the model's max)")
+    i.add_argument("--overlap", type=int, default=64, help="tokens shared by neighbouring chunks")
+    _store_args(i)
+    i.set_defaults(func=_ingest)
+
+    f = sub.add_parser("search", help="search the active space: dense, sparse (lexical) or hybrid")
+    f.add_argument("query")
+    f.add_argument("-k", type=int, default=10, help="results (default 10)")
+    f.add_argument("--mode", default="dense", choices=["dense", "sparse", "hybrid"])
+    f.add_argument("--rerank", action="store_true", help="rerank candidates with ColBERT (M3's combined score)")
+    _store_args(f)
+    f.set_defaults(func=_search)
+
+    sp = sub.add_parser("spaces", help="list, activate (switch search over, or roll back) or drop embedding spaces")
+    sp.add_argument("action", choices=["list", "activate", "drop"])
+    sp.add_argument("name", nargs="?", help="space name (for activate and drop)")
+    sp.add_argument("--force", action="store_true", help="activate even if the space is incomplete")
+    _store_args(sp, embed=False)
+    sp.set_defaults(func=_spaces)
 
     v = sub.add_parser("validate", help="check a running service: health, model, dimension, embeddings, latency",
                        description="Check a deployed service as the BGE-M3 upgrade guide does. Exit 0 when every "

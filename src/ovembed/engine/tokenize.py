@@ -19,6 +19,7 @@ class TextTokenizer:
         # Padding is done by the engine per batch; truncation here keeps the closing special token.
         self._tok.no_padding()
         self._tok.enable_truncation(max_length=max_length)
+        self._untruncated: Tokenizer | None = None
 
     def encode(self, texts: list[str], truncate: bool = True) -> list[list[int]]:
         """Token ids per text, special tokens included, at most max_length each."""
@@ -39,6 +40,13 @@ class TextTokenizer:
             ids.append(enc.ids)
             full.append(total)
         return ids, full
+
+    def offsets(self, texts: list[str]) -> list[list[tuple[int, int]]]:
+        """Character spans of each text's tokens (no special tokens, no truncation), for chunking."""
+        if self._untruncated is None:
+            self._untruncated = Tokenizer.from_str(self._tok.to_str())
+            self._untruncated.no_truncation()
+        return [enc.offsets for enc in self._untruncated.encode_batch(texts, add_special_tokens=False)]
 
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)

@@ -230,8 +230,11 @@ def create_app(settings: Settings) -> FastAPI:
         entry = await registry.ready(registry.get(req.model))
         tokenizer = entry.model.tokenizer
         ids, full = await asyncio.to_thread(tokenizer.encode_with_lengths, req.texts, req.truncate)
-        return JSONResponse({"model": entry.model_id, "max_length": tokenizer.max_length, "tokens": ids,
-                             "counts": [len(x) for x in ids], "truncated": [f > len(x) for f, x in zip(full, ids)]})
+        body = {"model": entry.model_id, "max_length": tokenizer.max_length, "tokens": ids,
+                "counts": [len(x) for x in ids], "truncated": [f > len(x) for f, x in zip(full, ids)]}
+        if req.return_offsets:
+            body["offsets"] = await asyncio.to_thread(tokenizer.offsets, req.texts)
+        return JSONResponse(body)
 
     return app
 

@@ -112,6 +112,7 @@ class TokenizeRequest(_Request):
     texts: list[str] = Field(min_length=1)
     model: str | None = None
     truncate: bool = True
+    return_offsets: bool = False  # character spans of the tokens, special tokens excluded, never truncated
 
 
 class TokenizeResponse(BaseModel):
@@ -120,6 +121,7 @@ class TokenizeResponse(BaseModel):
     tokens: list[list[int]]
     counts: list[int]
     truncated: list[bool]
+    offsets: list[list[tuple[int, int]]] | None = None
 
 
 class ModelInfo(BaseModel):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -140,6 +142,29 @@ class Store(ABC):
     @abstractmethod
     def search_sparse(self, space: str, query: SparseVector, k: int) -> list[Hit]:
         """Chunks by lexical score (sum of weight products over shared token ids)."""
+
+    @abstractmethod
+    def space_lock(self, space: str) -> AbstractContextManager:
+        """An exclusive lock on one space across processes, held while missing vectors are computed,
+        so concurrent lazy readers embed a chunk once instead of racing to write it."""
+
+    def fill_missing(self, space: str, compute: Callable[[list[Chunk]], list[VectorRow]],
+                     chunk_ids: list[int] | None = None, limit: int = 256) -> int:
+        """Embed and write chunks that have no vector in `space` (the given ids, or the first `limit`).
+        Returns how many were written; a concurrent caller waits, then finds nothing left to do."""
+        with self.space_lock(space):
+            if chunk_ids is None:
+                missing = self.chunks_after(0, limit, missing_in=space)
+            else:
+                present = self.get_dense(space, chunk_ids)
+                missing = self.get_chunks([i for i in dict.fromkeys(chunk_ids) if i not in present])
+            return self.put_vectors(space, compute(missing)) if missing else 0
+
+    def iter_missing(self, space: str, page: int, after_id: int = 0) -> Iterator[list[Chunk]]:
+        """Keyset pages of chunks without a vector in `space`, from after_id up."""
+        while chunks := self.chunks_after(after_id, page, missing_in=space):
+            yield chunks
+            after_id = chunks[-1].id
 
     # --- job checkpoints -----------------------------------------------------------------------------
     @abstractmethod

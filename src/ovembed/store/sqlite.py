@@ -3,6 +3,7 @@ weights in a postings table searched with SQL."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import sqlite3
 import threading
@@ -260,6 +261,18 @@ class SQLiteStore(Store):
                 [*params, space, k],
             ).fetchall()
         return [Hit(int(i), float(s)) for i, s in rows]
+
+    @contextmanager
+    def space_lock(self, space: str):
+        # A file lock beside the database: SQLite's own locks cannot be held across the embedding step
+        # without blocking every other writer of the file.
+        lock_path = self.path.with_name(f"{self.path.name}.{content_hash(space)[:16]}.lock")
+        with open(lock_path, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     # --- checkpoints -------------------------------------------------------------------------------
     def get_checkpoint(self, job: str) -> tuple[int, int]:

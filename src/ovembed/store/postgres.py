@@ -1,0 +1,326 @@
+"""PostgreSQL + pgvector backend: one vectors table per space (its own dimension), an HNSW index for
+dense search and an exact inner-product scan over `sparsevec` for lexical search."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import numpy as np
+import psycopg
+from pgvector import SparseVector as PgSparseVector
+from pgvector.psycopg import register_vector
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from ovembed.engine.outputs import SparseVector
+from ovembed.errors import ErrorKind, OvembedError
+from ovembed.store.base import Chunk, ChunkInput, Hit, Space, SpaceStatus, Store, VectorRow, content_hash, store_error
+
+SPARSE_DIM = 250002  # BGE-M3's vocabulary: lexical weights are indexed by token id
+HNSW_MAX_DIM = 2000  # pgvector's HNSW index takes `vector` columns up to this many dimensions
+MIGRATION_LOCK = 0x6F76656D  # advisory lock key: two processes opening a fresh database migrate one at a time
+
+MIGRATIONS = [
+    """
+    CREATE TABLE documents (id text PRIMARY KEY, metadata jsonb NOT NULL, updated_at timestamptz NOT NULL);
+    CREATE TABLE chunks (
+        id bigserial PRIMARY KEY,
+        doc_id text NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+        seq int NOT NULL, text text NOT NULL, content_hash text NOT NULL, metadata jsonb NOT NULL,
+        UNIQUE (doc_id, seq));
+    CREATE INDEX chunks_hash ON chunks(content_hash);
+    CREATE SEQUENCE vector_tables;
+    CREATE TABLE spaces (
+        name text PRIMARY KEY, model_id text NOT NULL, precision text NOT NULL, dimension int NOT NULL,
+        model_ref text NOT NULL, sparse bool NOT NULL, active bool NOT NULL DEFAULT false,
+        table_name text NOT NULL UNIQUE DEFAULT 'vec_' || nextval('vector_tables'),
+        created_at timestamptz NOT NULL DEFAULT clock_timestamp());
+    CREATE UNIQUE INDEX spaces_one_active ON spaces(active) WHERE active;
+    CREATE TABLE checkpoints (job text PRIMARY KEY, last_id bigint NOT NULL, done bigint NOT NULL,
+                              updated_at timestamptz NOT NULL);
+    """,
+]
+
+CHUNK_COLUMNS = "c.id, c.doc_id, c.seq, c.text, c.content_hash, c.metadata"
+SPACE_COLUMNS = "name, model_id, precision, dimension, model_ref, sparse"
+
+
+class PostgresStore(Store):
+    def __init__(self, url: str):
+        where = redact(url)
+        try:
+            self.conn = psycopg.connect(url, connect_timeout=5)
+        except psycopg.Error as exc:
+            reason = " ".join(str(exc).split())
+            raise OvembedError(ErrorKind.UNAVAILABLE, f"cannot connect to PostgreSQL at {where}: {reason}") from None
+        # psycopg serialises statements, not transactions: threads sharing this store take turns per transaction.
+        self._lock = threading.RLock()
+        self._space_locks: dict[str, threading.Lock] = {}
+        try:
+            self._migrate(where)
+            with self.conn.transaction():  # the type lookups run inside one, so none is left open
+                register_vector(self.conn)
+        except BaseException:
+            self.conn.close()
+            raise
+
+    @contextmanager
+    def _tx(self) -> Iterator[psycopg.Connection]:
+        with self._lock, self.conn.transaction():
+            yield self.conn
+
+    def _migrate(self, where: str) -> None:
+        with self._tx() as db:
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            try:
+                with db.transaction():  # a savepoint, so the failure can be reported instead of aborting
+                    db.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            except psycopg.Error as exc:
+                raise OvembedError(
+                    ErrorKind.UNAVAILABLE,
+                    f"PostgreSQL at {where} lacks the pgvector extension ('vector'), and it could not be created: "
+                    f"{' '.join(str(exc).split())}; install pgvector on the server or have an admin run "
+                    "CREATE EXTENSION vector in this database",
+                ) from None
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version int NOT NULL)")
+            row = db.execute("SELECT version FROM schema_version").fetchone()
+            version = row[0] if row else 0
+            for step in MIGRATIONS[version:]:
+                db.execute(step)
+            db.execute("DELETE FROM schema_version")
+            db.execute("INSERT INTO schema_version VALUES (%s)", (max(version, len(MIGRATIONS)),))
+
+    # --- documents and chunks ----------------------------------------------------------------------
+    def upsert_document(self, doc_id: str, chunks: list[ChunkInput], metadata: dict | None = None) -> list[int]:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO documents VALUES (%s, %s, now()) "
+                "ON CONFLICT (id) DO UPDATE SET metadata = excluded.metadata, updated_at = excluded.updated_at",
+                (doc_id, Jsonb(metadata or {})),
+            )
+            db.execute("DELETE FROM chunks WHERE doc_id = %s", (doc_id,))  # their vectors cascade
+            rows = db.execute(
+                "INSERT INTO chunks (doc_id, seq, text, content_hash, metadata) "
+                "SELECT %s, q.seq - 1, q.text, q.hash, q.metadata "
+                "FROM unnest(%s::text[], %s::text[], %s::jsonb[]) WITH ORDINALITY AS q(text, hash, metadata, seq) "
+                "ORDER BY q.seq RETURNING id, seq",
+                (doc_id, [c.text for c in chunks], [content_hash(c.text) for c in chunks],
+                 [Jsonb(c.metadata) for c in chunks]),
+            ).fetchall()
+        return [chunk_id for chunk_id, _ in sorted(rows, key=lambda r: r[1])]  # RETURNING promises no order
+
+    def delete_document(self, doc_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM documents WHERE id = %s", (doc_id,))
+
+    def get_chunks(self, chunk_ids: list[int]) -> list[Chunk]:
+        with self._tx() as db:
+            rows = db.execute(
+                f"SELECT {CHUNK_COLUMNS} FROM unnest(%s::bigint[]) WITH ORDINALITY AS q(id, n) "
+                "JOIN chunks c ON c.id = q.id ORDER BY q.n",
+                (list(chunk_ids),),
+            ).fetchall()
+        return [Chunk(*row) for row in rows]
+
+    def chunks_after(self, after_id: int, limit: int, missing_in: str | None = None) -> list[Chunk]:
+        with self._tx() as db:
+            missing = sql.SQL("")
+            if missing_in is not None:
+                missing = sql.SQL("AND NOT EXISTS (SELECT 1 FROM {} v WHERE v.chunk_id = c.id)").format(
+                    self._table(db, missing_in)[1])
+            query = sql.SQL("SELECT {} FROM chunks c WHERE c.id > %s {} ORDER BY c.id LIMIT %s").format(
+                sql.SQL(CHUNK_COLUMNS), missing)
+            rows = db.execute(query, (after_id, limit)).fetchall()
+        return [Chunk(*row) for row in rows]
+
+    def count_chunks(self) -> int:
+        with self._tx() as db:
+            return db.execute("SELECT count(*) FROM chunks").fetchone()[0]
+
+    # --- spaces ------------------------------------------------------------------------------------
+    def create_space(self, space: Space) -> None:
+        if not 0 < space.dimension <= HNSW_MAX_DIM:
+            raise store_error(f"space '{space.name}': dimension {space.dimension} is outside 1..{HNSW_MAX_DIM}, "
+                              "the range pgvector's HNSW index takes")
+        with self._tx() as db:
+            row = db.execute(
+                f"INSERT INTO spaces ({SPACE_COLUMNS}, active) "
+                "VALUES (%s, %s, %s, %s, %s, %s, NOT EXISTS (SELECT 1 FROM spaces WHERE active)) "
+                "ON CONFLICT (name) DO NOTHING RETURNING table_name",
+                (space.name, space.model_id, space.precision, space.dimension, space.model_ref, space.sparse),
+            ).fetchone()
+            if row is None:
+                existing = Space(*db.execute(f"SELECT {SPACE_COLUMNS} FROM spaces WHERE name = %s",
+                                             (space.name,)).fetchone())
+                if existing != space:
+                    raise store_error(f"space '{space.name}' already exists with a different definition "
+                                      f"({existing}); drop it first or choose another name")
+                return
+            table = sql.Identifier(row[0])
+            # The sparse column is typed whatever the space: it stays NULL when lexical weights are not kept.
+            db.execute(sql.SQL(
+                "CREATE TABLE {} (chunk_id bigint PRIMARY KEY REFERENCES chunks(id) ON DELETE CASCADE, "
+                "dense vector({}) NOT NULL, sparse sparsevec({}))"
+            ).format(table, sql.Literal(space.dimension), sql.Literal(SPARSE_DIM)))
+            db.execute(sql.SQL("CREATE INDEX ON {} USING hnsw (dense vector_cosine_ops)").format(table))
+            # No index on `sparse`: pgvector's HNSW takes at most 1000 non-zeros per row, fewer than a long
+            # passage has, so lexical search is an exact scan.
+
+    def spaces(self) -> list[SpaceStatus]:
+        with self._tx() as db:
+            chunks = db.execute("SELECT count(*) FROM chunks").fetchone()[0]
+            rows = db.execute(
+                f"SELECT {SPACE_COLUMNS}, active, table_name FROM spaces ORDER BY created_at, name").fetchall()
+            return [SpaceStatus(Space(*r[:6]), r[6], self._count(db, r[7]), chunks) for r in rows]
+
+    def activate(self, name: str, force: bool = False) -> None:
+        with self._tx() as db:
+            _, table = self._table(db, name, lock=True)
+            if not force:
+                chunks = db.execute("SELECT count(*) FROM chunks").fetchone()[0]
+                missing = chunks - self._count(db, table)  # vectors cascade with chunks, so never more
+                if missing > 0:
+                    raise store_error(f"space '{name}' is incomplete: {missing} of {chunks} chunks have no "
+                                      "vector yet; finish `ovembed reembed` first, or use --force")
+            # Off first, then on: the partial unique index allows one active row after every statement.
+            db.execute("UPDATE spaces SET active = false WHERE active AND name <> %s", (name,))
+            db.execute("UPDATE spaces SET active = true WHERE name = %s", (name,))
+
+    def drop_space(self, name: str) -> None:
+        with self._tx() as db:
+            _, table = self._table(db, name, lock=True)
+            if db.execute("SELECT active FROM spaces WHERE name = %s", (name,)).fetchone()[0]:
+                raise store_error(f"space '{name}' is the active one: activate another space before dropping it")
+            db.execute(sql.SQL("DROP TABLE {}").format(table))
+            db.execute("DELETE FROM spaces WHERE name = %s", (name,))
+
+    # --- vectors -----------------------------------------------------------------------------------
+    def put_vectors(self, space: str, rows: list[VectorRow]) -> int:
+        with self._tx() as db:
+            definition, table = self._table(db, space)
+            self._check_rows(definition, rows)
+            params = [(r.chunk_id, np.asarray(r.dense, np.float32),
+                       to_sparsevec(r.sparse) if definition.sparse and r.sparse is not None else None) for r in rows]
+            # KEY SHARE keeps the chunks from being deleted between this check and the insert.
+            live = {i for (i,) in db.execute("SELECT id FROM chunks WHERE id = ANY(%s::bigint[]) FOR KEY SHARE",
+                                             ([r.chunk_id for r in rows],))}
+            params = [p for p in params if p[0] in live]
+            with db.cursor() as cur:
+                cur.executemany(sql.SQL(
+                    "INSERT INTO {} (chunk_id, dense, sparse) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (chunk_id) DO UPDATE SET dense = excluded.dense, sparse = excluded.sparse"
+                ).format(table), params)
+        return len(params)
+
+    def count_vectors(self, space: str) -> int:
+        with self._tx() as db:
+            return self._count(db, self._table(db, space)[1])
+
+    def get_dense(self, space: str, chunk_ids: list[int]) -> dict[int, np.ndarray]:
+        with self._tx() as db:
+            rows = db.execute(sql.SQL("SELECT chunk_id, dense FROM {} WHERE chunk_id = ANY(%s::bigint[])").format(
+                self._table(db, space)[1]), (list(chunk_ids),)).fetchall()
+        return {chunk_id: dense.to_numpy().astype(np.float32) for chunk_id, dense in rows}
+
+    def search_dense(self, space: str, query: np.ndarray, k: int) -> list[Hit]:
+        with self._tx() as db:
+            definition, table = self._table(db, space)
+            query = np.asarray(query, np.float32)
+            if query.shape != (definition.dimension,):
+                raise store_error(f"space '{space}' holds {definition.dimension}-dim vectors, "
+                                  f"got a query of shape {query.shape}")
+            if k <= 0:
+                return []
+            # HNSW returns at most ef_search candidates; a wide beam keeps top-k exact on small tables too.
+            db.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(min(1000, max(100, 4 * k))),))
+            rows = db.execute(sql.SQL(
+                "SELECT chunk_id, 1 - (dense <=> %s) FROM {} ORDER BY dense <=> %s, chunk_id LIMIT %s"
+            ).format(table), (query, query, k)).fetchall()
+        return [Hit(chunk_id, float(score)) for chunk_id, score in rows]
+
+    def search_sparse(self, space: str, query: SparseVector, k: int) -> list[Hit]:
+        vector = to_sparsevec(query)
+        if not vector.indices() or k <= 0:
+            return []
+        with self._tx() as db:
+            # `<#>` is the negative inner product; only chunks sharing a weighted token score above zero.
+            rows = db.execute(sql.SQL(
+                "SELECT chunk_id, -(sparse <#> %s) AS score FROM {} "
+                "WHERE sparse IS NOT NULL AND (sparse <#> %s) < 0 ORDER BY score DESC, chunk_id LIMIT %s"
+            ).format(self._table(db, space)[1]), (vector, vector, k)).fetchall()
+        return [Hit(chunk_id, float(score)) for chunk_id, score in rows]
+
+    @contextmanager
+    def space_lock(self, space: str) -> Iterator[None]:
+        # A session advisory lock excludes other processes; the session is shared by this process's threads
+        # (and re-entrant), so a thread lock excludes those. Polling with try-lock, instead of blocking in
+        # pg_advisory_lock, leaves the connection free for other threads while another process holds the space.
+        key = int(content_hash(f"space:{space}")[:15], 16)
+        with self._space_locks.setdefault(space, threading.Lock()):
+            while True:
+                with self._tx() as db:
+                    if db.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
+                        break
+                time.sleep(0.05)
+            try:
+                yield
+            finally:
+                with self._tx() as db:
+                    db.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+    # --- job checkpoints -----------------------------------------------------------------------------
+    def get_checkpoint(self, job: str) -> tuple[int, int]:
+        with self._tx() as db:
+            row = db.execute("SELECT last_id, done FROM checkpoints WHERE job = %s", (job,)).fetchone()
+        return (row[0], row[1]) if row else (0, 0)
+
+    def set_checkpoint(self, job: str, last_id: int, done: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO checkpoints VALUES (%s, %s, %s, now()) ON CONFLICT (job) DO UPDATE "
+                "SET last_id = excluded.last_id, done = excluded.done, updated_at = excluded.updated_at",
+                (job, last_id, done),
+            )
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # --- helpers -----------------------------------------------------------------------------------
+    @staticmethod
+    def _table(db: psycopg.Connection, name: str, lock: bool = False) -> tuple[Space, sql.Identifier]:
+        """A space's definition and its vectors table; FOR UPDATE when the caller changes the space."""
+        row = db.execute(f"SELECT {SPACE_COLUMNS}, table_name FROM spaces WHERE name = %s"
+                         + (" FOR UPDATE" if lock else ""), (name,)).fetchone()
+        if row is None:
+            raise OvembedError(ErrorKind.MODEL_NOT_FOUND, f"no space named '{name}'")
+        return Space(*row[:6]), sql.Identifier(row[6])
+
+    @staticmethod
+    def _count(db: psycopg.Connection, table: str | sql.Identifier) -> int:
+        table = table if isinstance(table, sql.Identifier) else sql.Identifier(table)
+        return db.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()[0]
+
+
+def to_sparsevec(weights: SparseVector) -> PgSparseVector:
+    indices, values = weights["indices"], weights["values"]
+    if len(indices) != len(values):
+        raise store_error(f"lexical weights have {len(indices)} token ids but {len(values)} values")
+    bad = [i for i in indices if not 0 <= i < SPARSE_DIM]
+    if bad:
+        raise store_error(f"token id {bad[0]} is outside the sparse vocabulary 0..{SPARSE_DIM - 1}")
+    if not np.isfinite(values).all():
+        raise store_error("lexical weights have NaN or infinite values")
+    return PgSparseVector(dict(zip(map(int, indices), map(float, values), strict=True)), SPARSE_DIM)
+
+
+def redact(url: str) -> str:
+    """The URL without its password (in the user part or as a `password=` parameter)."""
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    netloc = f"{userinfo.partition(':')[0]}{at}{hostport}"
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"], safe="/")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
