@@ -120,4 +120,4 @@ def postgres_db(postgres_server):
     name = "t_" + uuid.uuid4().hex[:12]
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
-    return base.replace("/postgres?", f"/{name}?")
+    return postgres_server.get_uri(database=name)

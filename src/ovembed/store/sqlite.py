@@ -172,11 +172,12 @@ class SQLiteStore(Store):
         return [SpaceStatus(_space(r[:6]), bool(r[6]), r[7], chunks) for r in rows]
 
     def activate(self, name: str, force: bool = False) -> None:
-        status = self.space(name)
-        if not status.complete and not force:
-            raise store_error(f"space '{name}' is incomplete: {status.chunks - status.vectors} of {status.chunks} "
-                              "chunks have no vector yet; finish `ovembed reembed` first, or use --force")
-        with self._tx() as db:
+        with self._tx() as db:  # the completeness check and the switch in one transaction
+            status = self.space(name)
+            if not status.complete and not force:
+                raise store_error(f"space '{name}' is incomplete: {status.chunks - status.vectors} of "
+                                  f"{status.chunks} chunks have no vector yet; finish `ovembed reembed` first, "
+                                  "or use --force")
             db.execute("UPDATE spaces SET active = 0 WHERE active = 1")
             db.execute("UPDATE spaces SET active = 1 WHERE name = ?", (name,))
 
@@ -210,6 +211,7 @@ class SQLiteStore(Store):
         return len(rows)
 
     def count_vectors(self, space: str) -> int:
+        self.space(space)  # unknown space: MODEL_NOT_FOUND, as in every backend
         with self._lock:
             return self.conn.execute("SELECT COUNT(*) FROM vectors WHERE space = ?", (space,)).fetchone()[0]
 
@@ -240,15 +242,20 @@ class SQLiteStore(Store):
         return ids, matrix
 
     def search_dense(self, space: str, query: np.ndarray, k: int) -> list[Hit]:
+        dim = self.space(space).space.dimension
+        query = np.asarray(query, np.float32)
+        if query.shape != (dim,):
+            raise store_error(f"space '{space}' holds {dim}-dim vectors; the query has shape {query.shape}")
         ids, matrix = self._matrix(space)
         if len(ids) == 0 or k <= 0:
             return []
-        scores = matrix @ np.asarray(query, np.float32)
+        scores = matrix @ query
         top = np.argpartition(-scores, min(k, len(scores)) - 1)[:k]
         top = top[np.lexsort((ids[top], -scores[top]))]
         return [Hit(int(ids[i]), float(scores[i])) for i in top]
 
     def search_sparse(self, space: str, query: SparseVector, k: int) -> list[Hit]:
+        self.space(space)
         if not query["indices"] or k <= 0:
             return []
         values = ",".join("(?, ?)" for _ in query["indices"])
