@@ -176,6 +176,36 @@ def _spaces(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _reembed(args: argparse.Namespace) -> int:
+    from ovembed.rag import make_embedder
+    from ovembed.store import open_store
+
+    target = args.to
+    is_url = target.startswith(("http://", "https://"))
+    embedder = make_embedder(None if is_url else target, target if is_url else None,
+                             args.api_key or os.environ.get("OVEMBED_API_KEY"))
+    if args.source:
+        with open_store(args.db) as store:
+            store.space(args.source)  # must exist: a clear error for a typo
+    if args.engine == "ray":
+        from ovembed.reembed.ray_backend import reembed_ray
+
+        stats = reembed_ray(args.db, target, batch=args.batch, activate=args.activate, actors=args.actors,
+                            api_key=args.api_key)
+    else:
+        from ovembed.reembed import reembed
+
+        stats = reembed(args.db, embedder, batch=args.batch, activate=args.activate, progress=not args.json)
+    if args.json:
+        print(json.dumps(stats.as_dict()))
+    else:
+        print(f"space {stats.space}: {stats.written} vectors written ({stats.reused} reused for identical texts), "
+              f"{stats.already} already there, {stats.chunks} chunks; {stats.seconds:.1f} s, "
+              f"{stats.rows_per_s:.1f} rows/s" + ("; now active" if stats.activated else
+                                                   f"; activate with `ovembed spaces activate {stats.space}`"))
+    return EXIT_OK
+
+
 def _store_args(p: argparse.ArgumentParser, embed: bool = True) -> None:
     p.add_argument("--db", default=DEFAULT_DB, help="SQLite file or postgresql://... (default: data/ovembed.db)")
     if embed:
@@ -240,6 +270,18 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--rerank", action="store_true", help="rerank candidates with ColBERT (M3's combined score)")
     _store_args(f)
     f.set_defaults(func=_search)
+
+    r = sub.add_parser("reembed", help="fill a new space (another model) from the stored chunk texts, resumably")
+    r.add_argument("--to", required=True, help="model folder or service URL that makes the new space's vectors")
+    r.add_argument("--from", dest="source", help="the space being replaced (checked to exist)")
+    r.add_argument("--batch", type=int, default=256, help="chunks per page (default 256)")
+    r.add_argument("--activate", action="store_true", help="switch search to the new space when complete")
+    r.add_argument("--engine", default="local", choices=["local", "ray"], help="run here, or on Ray (ovembed[ray])")
+    r.add_argument("--actors", type=int, default=2, help="Ray: model actors (default 2)")
+    r.add_argument("--db", default=DEFAULT_DB, help="SQLite file or postgresql://... (default: data/ovembed.db)")
+    r.add_argument("--api-key", help="Bearer key for a service URL (default: env OVEMBED_API_KEY)")
+    r.add_argument("--json", action="store_true", help="print the summary as JSON (and no progress bar)")
+    r.set_defaults(func=_reembed)
 
     sp = sub.add_parser("spaces", help="list, activate (switch search over, or roll back) or drop embedding spaces")
     sp.add_argument("action", choices=["list", "activate", "drop"])

@@ -1,0 +1,157 @@
+"""`ovembed reembed`: fill a target space from the chunk texts, resumably.
+
+Three stages overlap so the engine stays busy: a reader pages through chunks that have no vector in the
+target (keyset pagination from the last checkpoint), the embedder embeds each page (identical texts
+once), a writer upserts the vectors and advances the checkpoint. A crash or Ctrl-C at any point loses
+nothing: written vectors are never rewritten (the reader skips them) and upserts are idempotent. Search
+keeps using the active space; the target is activated only on request and only when complete."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+
+from tqdm import tqdm
+
+from ovembed.rag import Embedder
+from ovembed.store import Chunk, VectorRow, open_store
+
+_DONE = object()
+
+
+@dataclass
+class ReembedStats:
+    space: str
+    chunks: int  # chunks in the store
+    written: int  # vectors written by this run
+    reused: int  # of those, copied from an identical text instead of embedded again
+    already: int  # chunks that had a vector in the target before this run
+    seconds: float
+    activated: bool
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.written / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "rows_per_s": round(self.rows_per_s, 1)}
+
+
+class _TextCache:
+    """Vectors of recently embedded texts by content hash, so duplicates are embedded once."""
+
+    def __init__(self, size: int = 20000):
+        self.size = size
+        self._rows: OrderedDict[str, VectorRow] = OrderedDict()
+
+    def get(self, digest: str) -> VectorRow | None:
+        row = self._rows.get(digest)
+        if row is not None:
+            self._rows.move_to_end(digest)
+        return row
+
+    def put(self, digest: str, row: VectorRow) -> None:
+        self._rows[digest] = row
+        if len(self._rows) > self.size:
+            self._rows.popitem(last=False)
+
+
+def embed_page(embedder: Embedder, chunks: list[Chunk], cache: _TextCache) -> tuple[list[VectorRow], int]:
+    """Vectors for a page of chunks; each distinct text embedded once. Returns (rows, reused)."""
+    todo: dict[str, Chunk] = {}
+    for chunk in chunks:
+        if cache.get(chunk.content_hash) is None:
+            todo.setdefault(chunk.content_hash, chunk)
+    if todo:
+        for row, chunk in zip(embedder.vectors(list(todo.values())), todo.values(), strict=True):
+            cache.put(chunk.content_hash, row)
+    rows = [VectorRow(c.id, cache.get(c.content_hash).dense, cache.get(c.content_hash).sparse) for c in chunks]
+    return rows, len(chunks) - len(todo)
+
+
+def job_name(space: str) -> str:
+    return f"reembed:{space}"
+
+
+def reembed(db: str, embedder: Embedder, batch: int = 256, activate: bool = False, progress: bool = True,
+            stop: threading.Event | None = None) -> ReembedStats:
+    """Fill `embedder.space` in the store at `db`; resumes where an earlier run stopped."""
+    target = embedder.space
+    reader_store, writer_store = open_store(db), open_store(db)  # one connection per stage
+    try:
+        writer_store.create_space(target)
+        job = job_name(target.name)
+        after_id, done_before = writer_store.get_checkpoint(job)
+        chunks_total = writer_store.count_chunks()
+        already = writer_store.count_vectors(target.name)
+        bar = tqdm(total=chunks_total, initial=already, unit="chunk", desc=f"reembed {target.name}",
+                   disable=not progress, smoothing=0.1)
+        pages: queue.Queue = queue.Queue(maxsize=2)
+        results: queue.Queue = queue.Queue(maxsize=2)
+        errors: list[BaseException] = []
+        written = reused = 0
+        started = time.perf_counter()
+
+        halt = stop or threading.Event()
+
+        def read() -> None:
+            try:
+                for page in reader_store.iter_missing(target.name, batch, after_id=after_id):
+                    if halt.is_set():
+                        break
+                    pages.put(page)
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                pages.put(_DONE)
+
+        def write() -> None:
+            nonlocal written, reused
+            try:
+                while (item := results.get()) is not _DONE:
+                    page, rows, page_reused = item
+                    written += writer_store.put_vectors(target.name, rows)
+                    reused += page_reused
+                    writer_store.set_checkpoint(job, page[-1].id, done_before + written)
+                    bar.update(len(rows))
+            except BaseException as exc:
+                errors.append(exc)
+                while results.get() is not _DONE:  # drain so the embedder never blocks on a dead writer
+                    pass
+
+        reader = threading.Thread(target=read, name="reembed-read", daemon=True)
+        writer = threading.Thread(target=write, name="reembed-write", daemon=True)
+        reader.start()
+        writer.start()
+        cache = _TextCache()
+        page = None
+        try:
+            while (page := pages.get()) is not _DONE:
+                if errors:
+                    continue  # drain the reader
+                rows, page_reused = embed_page(embedder, page, cache)
+                results.put((page, rows, page_reused))
+        finally:
+            # On an error or Ctrl-C here: stop the reader, let the writer finish what is embedded.
+            halt.set()
+            while page is not _DONE:
+                page = pages.get()
+            results.put(_DONE)
+            reader.join()
+            writer.join()
+            bar.close()
+        if errors:
+            raise errors[0]
+        complete = writer_store.count_vectors(target.name) >= writer_store.count_chunks()
+        activated = False
+        if activate and complete:
+            writer_store.activate(target.name)
+            activated = True
+        return ReembedStats(target.name, chunks_total, written, reused, already,
+                            round(time.perf_counter() - started, 3), activated)
+    finally:
+        reader_store.close()
+        writer_store.close()
