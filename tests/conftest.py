@@ -121,3 +121,11 @@ def postgres_db(postgres_server):
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     return postgres_server.get_uri(database=name)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path):
+    """A fresh database on each backend: a real SQLite file, a real PostgreSQL + pgvector."""
+    if request.param == "sqlite":
+        return str(tmp_path / "ovembed.db")
+    return request.getfixturevalue("postgres_db")

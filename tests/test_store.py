@@ -13,13 +13,6 @@ MINI = Space("minilm-int8", "sentence-transformers/all-MiniLM-L6-v2", "int8", 8,
 M3 = Space("bge-m3-int8", "BAAI/bge-m3", "int8", 12, "models/bge-m3-int8", sparse=True)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        return str(tmp_path / "ovembed.db")
-    return request.getfixturevalue("postgres_db")
-
-
 @pytest.fixture
 def store(store_url):
     with open_store(store_url) as s:

@@ -14,7 +14,7 @@ from ovembed.errors import ErrorKind, OvembedError
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
 # Failures of the world rather than of the input count as failed checks.
 EXIT_CODES = {ErrorKind.GATE_FAILED: EXIT_CHECK_FAILED, ErrorKind.BACKEND: EXIT_CHECK_FAILED,
-              ErrorKind.HUB_UNREACHABLE: EXIT_CHECK_FAILED}
+              ErrorKind.HUB_UNREACHABLE: EXIT_CHECK_FAILED, ErrorKind.UNAVAILABLE: EXIT_CHECK_FAILED}
 
 
 def _quantize(args: argparse.Namespace) -> int:

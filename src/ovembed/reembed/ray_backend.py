@@ -1,0 +1,150 @@
+"""`ovembed reembed --engine ray`: the re-embedding job on Ray Data, for when one machine is not enough.
+
+The driver cuts the chunks missing in the target space into id ranges of `batch` chunks; a pool of actors,
+each holding one model (or one client of a service) and one store connection, embeds and upserts a range at
+a time. Resuming needs no bookkeeping: a run only sees chunks that still lack a vector, and upserts are
+idempotent, so a range done twice (an actor restarted by Ray, two runs at once) costs time, not correctness.
+Every node needs ovembed installed, the model folder at the same path (or the service reachable) and the
+database reachable; SQLite works on one machine, its lock queuing the actors' writes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ovembed.errors import ErrorKind, OvembedError
+from ovembed.rag import make_embedder
+from ovembed.reembed.job import ReembedStats, _TextCache, embed_page, job_name
+from ovembed.store import Space, Store, open_store
+
+SCAN_PAGE = 4096  # chunks per query while the driver lists the missing ids
+
+
+class EmbedWriter:
+    """One Ray actor: embeds the missing chunks of id ranges and writes their vectors."""
+
+    def __init__(self, db: str, model: str | None, url: str | None, api_key: str | None, space: Space):
+        self.store = open_store(db)
+        self.embedder = make_embedder(model, url, api_key)
+        if self.embedder.space != space:
+            # A service that switched models mid-job would otherwise mix two models' vectors in one space.
+            raise OvembedError(ErrorKind.VALIDATION, f"this worker's model makes space {self.embedder.space}, "
+                                                     f"but the job fills {space}")
+        self.space = space.name
+        self.cache = _TextCache()
+
+    def __call__(self, ranges: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        written, reused = [], []
+        for lo, hi, n in zip(ranges["lo"], ranges["hi"], ranges["n"], strict=True):
+            # At most n chunks of the range are missing: any past hi are another range's to do.
+            chunks = [c for c in self.store.chunks_after(int(lo) - 1, int(n), missing_in=self.space) if c.id <= hi]
+            rows, page_reused = embed_page(self.embedder, chunks, self.cache) if chunks else ([], 0)
+            written.append(self.store.put_vectors(self.space, rows) if rows else 0)
+            reused.append(page_reused)
+        return {"written": np.asarray(written, np.int64), "reused": np.asarray(reused, np.int64)}
+
+    def __del__(self):
+        store = getattr(self, "store", None)
+        if store is not None:
+            store.close()
+
+
+def missing_ranges(store: Store, space: str, batch: int) -> Iterator[dict[str, int]]:
+    """Id ranges [lo, hi] holding `n` = `batch` chunks without a vector in `space` (the last range fewer).
+
+    Cut by missing chunks, not by fixed id width: every range is one embedder batch of work however sparse
+    the ids are (deleted and re-ingested documents leave gaps), and a resumed run lists only what is left."""
+    ids: list[int] = []
+    after = 0
+    while page := store.chunks_after(after, max(SCAN_PAGE, batch), missing_in=space):
+        ids.extend(c.id for c in page)
+        after = page[-1].id
+        while len(ids) >= batch:
+            yield {"lo": ids[0], "hi": ids[batch - 1], "n": batch}
+            del ids[:batch]
+    if ids:
+        yield {"lo": ids[0], "hi": ids[-1], "n": len(ids)}
+
+
+def reembed_ray(db: str, target: str, batch: int = 256, activate: bool = False, actors: int = 2,
+                api_key: str | None = None, num_cpus: int | None = None) -> ReembedStats:
+    """Fill the space of `target` (a model folder or a service URL) in the store at `db` on Ray.
+
+    Joins the Ray cluster that is already initialised (or the one RAY_ADDRESS names); otherwise starts a
+    local one with `num_cpus` (default: all) and shuts it down at the end."""
+    try:
+        import ray
+    except ImportError:
+        raise OvembedError(ErrorKind.VALIDATION,
+                           "the Ray engine needs Ray Data: pip install 'ovembed[ray]'") from None
+    if batch < 1 or actors < 1:
+        raise OvembedError(ErrorKind.VALIDATION, "--batch and --actors must be at least 1")
+    is_url = target.startswith(("http://", "https://"))
+    # Workers may start in another directory than this process: give them absolute paths.
+    model = None if is_url else str(Path(target).expanduser().resolve())
+    url = target if is_url else None
+    if not db.startswith(("postgresql://", "postgres://")):
+        db = str(Path(db).expanduser().resolve())
+
+    # Only the space is needed here; the model is freed before the actors load their own copies.
+    space = make_embedder(model, url, api_key).space
+    store = open_store(db)
+    started = False
+    try:
+        store.create_space(space)
+        job = job_name(space.name)
+        last_id, done_before = store.get_checkpoint(job)
+        chunks_total = store.count_chunks()
+        already = store.count_vectors(space.name)
+        clock = time.perf_counter()
+        ranges = list(missing_ranges(store, space.name, batch))
+        written = reused = 0
+        if ranges:
+            if not ray.is_initialized():
+                ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.WARNING, ignore_reinit_error=True)
+                started = True
+            counts = ray.data.from_items(ranges).map_batches(
+                EmbedWriter,
+                batch_size=1,  # a range is already one embedder batch; one at a time balances the actors
+                concurrency=min(actors, len(ranges)),
+                fn_constructor_kwargs={"db": db, "model": model, "url": url, "api_key": api_key, "space": space},
+            ).take_all()
+            written = sum(int(row["written"]) for row in counts)
+            reused = sum(int(row["reused"]) for row in counts)
+            # The same checkpoint as the local job: everything up to the last range is done.
+            store.set_checkpoint(job, max(last_id, ranges[-1]["hi"]), done_before + written)
+        complete = store.count_vectors(space.name) >= store.count_chunks()
+        activated = False
+        if activate and complete:
+            store.activate(space.name)
+            activated = True
+        return ReembedStats(space.name, chunks_total, written, reused, already,
+                            round(time.perf_counter() - clock, 3), activated)
+    except OvembedError:
+        raise
+    except Exception as exc:
+        domain = _domain_error(exc)
+        if domain is None:
+            raise
+        raise domain from exc
+    finally:
+        store.close()
+        if started:
+            ray.shutdown()
+
+
+def _domain_error(exc: BaseException) -> OvembedError | None:
+    """The OvembedError an actor raised, found under Ray's wrappers, so the CLI reports it plainly."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # wrappers nest a few deep; a bound instead of trusting chains to end
+        if seen is None:
+            return None
+        if isinstance(seen, OvembedError):
+            return OvembedError(seen.kind, seen.message)
+        seen = seen.__cause__ or getattr(seen, "cause", None)
+    return None
