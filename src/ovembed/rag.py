@@ -231,6 +231,8 @@ class RAG:
 
     def ensure_complete(self, space: Space, page: int = 256) -> int:
         """Embed every chunk of `space` that has no vector yet (the lazy path, in pages)."""
+        if self.store.count_vectors(space.name) >= self.store.count_chunks():
+            return 0  # the common case, without taking the space's lock
         written = 0
         while n := self.store.fill_missing(space.name, self.embedder.vectors, limit=page):
             written += n

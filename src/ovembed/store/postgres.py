@@ -177,6 +177,11 @@ class PostgresStore(Store):
                 f"SELECT {SPACE_COLUMNS}, active, table_name FROM spaces ORDER BY created_at, name").fetchall()
             return [SpaceStatus(Space(*r[:6]), r[6], self._count(db, r[7]), chunks) for r in rows]
 
+    def active_space(self) -> Space | None:
+        with self._tx() as db:  # no vector counts: this is on every search's path
+            row = db.execute(f"SELECT {SPACE_COLUMNS} FROM spaces WHERE active").fetchone()
+        return Space(*row) if row else None
+
     def activate(self, name: str, force: bool = False) -> None:
         with self._tx() as db:
             _, table = self._table(db, name, lock=True)

@@ -171,6 +171,21 @@ class SQLiteStore(Store):
             ).fetchall()
         return [SpaceStatus(_space(r[:6]), bool(r[6]), r[7], chunks) for r in rows]
 
+    def active_space(self) -> Space | None:
+        with self._lock:  # no vector counts: this is on every search's path
+            row = self.conn.execute("SELECT name, model_id, precision, dimension, model_ref, sparse FROM spaces "
+                                    "WHERE active = 1").fetchone()
+        return _space(row) if row else None
+
+    def _definition(self, name: str) -> Space:
+        """A space's definition without counting its vectors (cheap: for every search and write)."""
+        with self._lock:
+            row = self.conn.execute("SELECT name, model_id, precision, dimension, model_ref, sparse FROM spaces "
+                                    "WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise OvembedError(ErrorKind.MODEL_NOT_FOUND, f"no space named '{name}'")
+        return _space(row)
+
     def activate(self, name: str, force: bool = False) -> None:
         with self._tx() as db:  # the completeness check and the switch in one transaction
             status = self.space(name)
@@ -192,7 +207,7 @@ class SQLiteStore(Store):
 
     # --- vectors -----------------------------------------------------------------------------------
     def put_vectors(self, space: str, rows: list[VectorRow]) -> int:
-        definition = self.space(space).space
+        definition = self._definition(space)
         self._check_rows(definition, rows)
         with self._tx() as db:
             existing = set()
@@ -211,7 +226,7 @@ class SQLiteStore(Store):
         return len(rows)
 
     def count_vectors(self, space: str) -> int:
-        self.space(space)  # unknown space: MODEL_NOT_FOUND, as in every backend
+        self._definition(space)  # unknown space: MODEL_NOT_FOUND, as in every backend
         with self._lock:
             return self.conn.execute("SELECT COUNT(*) FROM vectors WHERE space = ?", (space,)).fetchone()[0]
 
@@ -236,13 +251,13 @@ class SQLiteStore(Store):
             rows = self.conn.execute("SELECT chunk_id, dense FROM vectors WHERE space = ? ORDER BY chunk_id",
                                      (space,)).fetchall()
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        dim = self.space(space).space.dimension
+        dim = self._definition(space).dimension
         matrix = np.frombuffer(b"".join(r[1] for r in rows), "<f4").reshape(len(rows), dim)
         self._dense_cache[space] = (version, ids, matrix)
         return ids, matrix
 
     def search_dense(self, space: str, query: np.ndarray, k: int) -> list[Hit]:
-        dim = self.space(space).space.dimension
+        dim = self._definition(space).dimension
         query = np.asarray(query, np.float32)
         if query.shape != (dim,):
             raise store_error(f"space '{space}' holds {dim}-dim vectors; the query has shape {query.shape}")
@@ -255,7 +270,7 @@ class SQLiteStore(Store):
         return [Hit(int(ids[i]), float(scores[i])) for i in top]
 
     def search_sparse(self, space: str, query: SparseVector, k: int) -> list[Hit]:
-        self.space(space)
+        self._definition(space)
         if not query["indices"] or k <= 0:
             return []
         values = ",".join("(?, ?)" for _ in query["indices"])
