@@ -200,3 +200,10 @@ def test_lexical_score_and_combined_score_by_hand():
         (0.4 * 0.8 + 0.2 * 0.2 + 0.4 * 0.6) / 1.0
     )
     assert combined_score({"dense": 0.8, "sparse": 0.2}, {"dense": 1, "sparse": 1}) == pytest.approx(0.5)
+
+
+def test_errors_survive_pickling_across_processes():
+    import pickle
+
+    error = pickle.loads(pickle.dumps(OvembedError(ErrorKind.INPUT_TOO_LONG, "text 3 is too long")))
+    assert error.kind is ErrorKind.INPUT_TOO_LONG and str(error) == "text 3 is too long"

@@ -182,8 +182,7 @@ def _reembed(args: argparse.Namespace) -> int:
 
     target = args.to
     is_url = target.startswith(("http://", "https://"))
-    embedder = make_embedder(None if is_url else target, target if is_url else None,
-                             args.api_key or os.environ.get("OVEMBED_API_KEY"))
+    api_key = args.api_key or os.environ.get("OVEMBED_API_KEY")
     if args.source:
         with open_store(args.db) as store:
             store.space(args.source)  # must exist: a clear error for a typo
@@ -191,10 +190,11 @@ def _reembed(args: argparse.Namespace) -> int:
         from ovembed.reembed.ray_backend import reembed_ray
 
         stats = reembed_ray(args.db, target, batch=args.batch, activate=args.activate, actors=args.actors,
-                            api_key=args.api_key)
+                            api_key=api_key)
     else:
         from ovembed.reembed import reembed
 
+        embedder = make_embedder(None if is_url else target, target if is_url else None, api_key)
         stats = reembed(args.db, embedder, batch=args.batch, activate=args.activate, progress=not args.json)
     if args.json:
         print(json.dumps(stats.as_dict()))

@@ -32,6 +32,10 @@ class OvembedError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self):
+        # Pickle as (kind, message): errors cross process boundaries (Ray actors) intact.
+        return type(self), (self.kind, self.message)
+
 
 def validation(message: str) -> OvembedError:
     return OvembedError(ErrorKind.VALIDATION, message)

@@ -28,20 +28,30 @@ class EmbedWriter:
     """One Ray actor: embeds the missing chunks of id ranges and writes their vectors."""
 
     def __init__(self, db: str, model: str | None, url: str | None, api_key: str | None, space: Space):
-        self.store = open_store(db)
-        self.embedder = make_embedder(model, url, api_key)
-        if self.embedder.space != space:
-            # A service that switched models mid-job would otherwise mix two models' vectors in one space.
-            raise OvembedError(ErrorKind.VALIDATION, f"this worker's model makes space {self.embedder.space}, "
-                                                     f"but the job fills {space}")
         self.space = space.name
         self.cache = _TextCache()
+        self.store = None
+        # Ray reports an error raised here to the driver as text only (ActorDiedError keeps no cause), so it
+        # is kept and raised by the first call instead, where the driver receives the error itself.
+        self.failed: OvembedError | None = None
+        try:
+            self.store = open_store(db)
+            self.embedder = make_embedder(model, url, api_key)
+            if self.embedder.space != space:
+                # A service that switched models mid-job would otherwise mix two models' vectors in one space.
+                raise OvembedError(ErrorKind.VALIDATION, f"this worker's model makes space {self.embedder.space}, "
+                                                         f"but the job fills {space}")
+        except OvembedError as exc:
+            self.failed = exc
 
     def __call__(self, ranges: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         written, reused = [], []
+        if self.failed is not None:
+            raise self.failed
         for lo, hi, n in zip(ranges["lo"], ranges["hi"], ranges["n"], strict=True):
             # At most n chunks of the range are missing: any past hi are another range's to do.
-            chunks = [c for c in self.store.chunks_after(int(lo) - 1, int(n), missing_in=self.space) if c.id <= hi]
+            chunks = [c for c in self.store.chunks_after(int(lo) - 1, int(n), missing_in=self.space)
+                      if c.id <= hi]
             rows, page_reused = embed_page(self.embedder, chunks, self.cache) if chunks else ([], 0)
             written.append(self.store.put_vectors(self.space, rows) if rows else 0)
             reused.append(page_reused)
@@ -108,10 +118,14 @@ def reembed_ray(db: str, target: str, batch: int = 256, activate: bool = False, 
                 ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                          logging_level=logging.WARNING, ignore_reinit_error=True)
                 started = True
-            counts = ray.data.from_items(ranges).map_batches(
+            ranges_ds = ray.data.from_items(ranges)
+            # Hand the driver the actor's own exception, not Ray Data's UserCodeException, whose cause is
+            # lost on its way between processes (set on this dataset's copy of the context only).
+            ranges_ds.context.raise_original_map_exception = True
+            counts = ranges_ds.map_batches(
                 EmbedWriter,
                 batch_size=1,  # a range is already one embedder batch; one at a time balances the actors
-                concurrency=min(actors, len(ranges)),
+                compute=ray.data.ActorPoolStrategy(size=min(actors, len(ranges))),
                 fn_constructor_kwargs={"db": db, "model": model, "url": url, "api_key": api_key, "space": space},
             ).take_all()
             written = sum(int(row["written"]) for row in counts)
@@ -125,26 +139,24 @@ def reembed_ray(db: str, target: str, batch: int = 256, activate: bool = False, 
             activated = True
         return ReembedStats(space.name, chunks_total, written, reused, already,
                             round(time.perf_counter() - clock, 3), activated)
-    except OvembedError:
-        raise
     except Exception as exc:
-        domain = _domain_error(exc)
-        if domain is None:
+        domain = _domain_error(exc, ray.exceptions.RayError)
+        if domain is None or domain is exc:
             raise
-        raise domain from exc
+        raise domain from None  # the actor's traceback is in Ray's logs; the user needs the message
     finally:
         store.close()
         if started:
             ray.shutdown()
 
 
-def _domain_error(exc: BaseException) -> OvembedError | None:
+def _domain_error(exc: BaseException, ray_error: type) -> OvembedError | None:
     """The OvembedError an actor raised, found under Ray's wrappers, so the CLI reports it plainly."""
     seen: BaseException | None = exc
-    for _ in range(10):  # wrappers nest a few deep; a bound instead of trusting chains to end
+    for _ in range(10):  # wrappers nest a few deep; a bound rather than trusting every chain to end
         if seen is None:
             return None
-        if isinstance(seen, OvembedError):
-            return OvembedError(seen.kind, seen.message)
-        seen = seen.__cause__ or getattr(seen, "cause", None)
+        if isinstance(seen, OvembedError) and not isinstance(seen, ray_error):
+            return seen if seen is exc else OvembedError(seen.kind, seen.message)
+        seen = getattr(seen, "cause", None) or seen.__cause__
     return None
