@@ -146,6 +146,8 @@ def reembed(db: str, embedder: Embedder, batch: int = 256, activate: bool = Fals
         if errors:
             raise errors[0]
         complete = writer_store.count_vectors(target.name) >= writer_store.count_chunks()
+        if complete:
+            writer_store.build_index(target.name)
         activated = False
         if activate and complete:
             writer_store.activate(target.name)

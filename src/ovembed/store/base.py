@@ -124,6 +124,9 @@ class Store(ABC):
     def drop_space(self, name: str) -> None:
         """Delete a space and its vectors; the active space cannot be dropped."""
 
+    def build_index(self, space: str) -> None:  # noqa: B027 - a hook: only PostgreSQL defers its index
+        """Build the space's search index if the backend defers it (called when a space is complete)."""
+
     # --- vectors -----------------------------------------------------------------------------------
     @abstractmethod
     def put_vectors(self, space: str, rows: list[VectorRow]) -> int:

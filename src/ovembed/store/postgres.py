@@ -150,7 +150,7 @@ class PostgresStore(Store):
             row = db.execute(
                 f"INSERT INTO spaces ({SPACE_COLUMNS}, active) "
                 "VALUES (%s, %s, %s, %s, %s, %s, NOT EXISTS (SELECT 1 FROM spaces WHERE active)) "
-                "ON CONFLICT (name) DO NOTHING RETURNING table_name",
+                "ON CONFLICT (name) DO NOTHING RETURNING table_name, active",
                 (space.name, space.model_id, space.precision, space.dimension, space.model_ref, space.sparse),
             ).fetchone()
             if row is None:
@@ -166,7 +166,11 @@ class PostgresStore(Store):
                 "CREATE TABLE {} (chunk_id bigint PRIMARY KEY REFERENCES chunks(id) ON DELETE CASCADE, "
                 "dense vector({}) NOT NULL, sparse sparsevec({}))"
             ).format(table, sql.Literal(space.dimension), sql.Literal(SPARSE_DIM)))
-            db.execute(sql.SQL("CREATE INDEX ON {} USING hnsw (dense vector_cosine_ops)").format(table))
+            if row[1]:
+                # The first space is searched at once and fills row by row: index it now. Any later space is
+                # filled in bulk by reembed and indexed when activated: pgvector builds an HNSW index over
+                # loaded rows many times faster than it maintains one through inserts.
+                self._index(db, table)
             # No index on `sparse`: pgvector's HNSW takes at most 1000 non-zeros per row, fewer than a long
             # passage has, so lexical search is an exact scan.
 
@@ -176,6 +180,19 @@ class PostgresStore(Store):
             rows = db.execute(
                 f"SELECT {SPACE_COLUMNS}, active, table_name FROM spaces ORDER BY created_at, name").fetchall()
             return [SpaceStatus(Space(*r[:6]), r[6], self._count(db, r[7]), chunks) for r in rows]
+
+    @staticmethod
+    def _index(db: psycopg.Connection, table: sql.Identifier) -> None:
+        db.execute("SELECT set_config('maintenance_work_mem', '1GB', true)")  # build the graph in memory
+        index = sql.Identifier(table.as_string(db).strip('"') + "_hnsw")  # tables are named vec_<n> by a sequence
+        db.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (dense vector_cosine_ops)").format(
+            index, table))
+
+    def build_index(self, space: str) -> None:
+        """Build the space's HNSW index now (reembed calls this when it completes, so activation is quick)."""
+        with self._tx() as db:
+            _, table = self._table(db, space)
+            self._index(db, table)
 
     def active_space(self) -> Space | None:
         with self._tx() as db:  # no vector counts: this is on every search's path
@@ -191,6 +208,7 @@ class PostgresStore(Store):
                 if missing > 0:
                     raise store_error(f"space '{name}' is incomplete: {missing} of {chunks} chunks have no "
                                       "vector yet; finish `ovembed reembed` first, or use --force")
+            self._index(db, table)  # no-op when reembed already built it
             # Off first, then on: the partial unique index allows one active row after every statement.
             db.execute("UPDATE spaces SET active = false WHERE active AND name <> %s", (name,))
             db.execute("UPDATE spaces SET active = true WHERE name = %s", (name,))
