@@ -384,56 +384,6 @@ def _positive(text: str) -> int:
     return value
 
 
-def _sqlite_vec(args: argparse.Namespace) -> None:
-    """Exact k-NN in SQLite two ways on the same vectors: sqlite-vec's vec0 table vs the NumPy matmul that
-    SQLiteStore uses (vectors already in memory, as its cache keeps them)."""
-    import sqlite3
-
-    try:
-        import sqlite_vec
-    except ImportError:
-        sys.exit("sqlite-vec is not installed: pip install sqlite-vec")
-    rng = np.random.default_rng(args.seed)
-    vectors = rng.standard_normal((args.n, args.dim), dtype=np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    queries = vectors[rng.integers(0, args.n, args.queries)] + 0.01
-    with tempfile.TemporaryDirectory() as tmp:
-        db = sqlite3.connect(Path(tmp) / "vec.db")
-        db.enable_load_extension(True)
-        sqlite_vec.load(db)
-        db.execute(f"CREATE VIRTUAL TABLE v USING vec0(embedding float[{args.dim}] distance_metric=cosine)")
-        for start in range(0, args.n, 5000):
-            db.executemany("INSERT INTO v(rowid, embedding) VALUES (?, ?)",
-                           [(start + i + 1, row.tobytes()) for i, row in enumerate(vectors[start:start + 5000])])
-        db.commit()
-
-        def vec0(q):
-            return [r[0] for r in db.execute("SELECT rowid FROM v WHERE embedding MATCH ? AND k = ? ORDER BY distance",
-                                            (q.tobytes(), args.k))]
-
-        def numpy_exact(q):
-            scores = vectors @ q
-            top = np.argpartition(-scores, args.k)[: args.k]
-            return (top[np.argsort(-scores[top])] + 1).tolist()
-
-        rows = []
-        for name, fn in (("sqlite-vec vec0", vec0), ("numpy (SQLiteStore)", numpy_exact)):
-            fn(queries[0])
-            times = []
-            for q in queries:
-                t0 = time.perf_counter()
-                fn(q)
-                times.append((time.perf_counter() - t0) * 1000)
-            rows.append((name, np.percentile(times, 50), np.percentile(times, 95)))
-        agree = np.mean([set(vec0(q)) == set(numpy_exact(q)) for q in queries[:20]])
-    print(machine())
-    print("python -m ovembed.evaluate.store_bench " + " ".join(sys.argv[1:]))
-    print("| method | n | dim | p50 ms | p95 ms |\n|---|---|---|---|---|")
-    for name, p50, p95 in rows:
-        print(f"| {name} | {args.n} | {args.dim} | {p50:.2f} | {p95:.2f} |")
-    print(f"top-{args.k} sets agree on {agree:.0%} of queries")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ovembed.evaluate.store_bench")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -458,13 +408,6 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--limit", type=int, default=0, help="use only the first N documents (0: all)")
     r.add_argument("--json", help="write the figures to this file")
     r.set_defaults(func=_reembed)
-    v = sub.add_parser("sqlite-vec", help="exact k-NN: sqlite-vec's vec0 vs NumPy, same vectors (pip install sqlite-vec)")
-    v.add_argument("--n", type=_positive, default=100_000)
-    v.add_argument("--dim", type=_positive, default=1024)
-    v.add_argument("--queries", type=_positive, default=50)
-    v.add_argument("--k", type=_positive, default=10)
-    v.add_argument("--seed", type=int, default=0)
-    v.set_defaults(func=_sqlite_vec)
     w = sub.add_parser("_search_worker")
     w.add_argument("--db", required=True)
     w.add_argument("--label", required=True)
