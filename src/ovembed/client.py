@@ -59,7 +59,9 @@ class Client:
         return np.asarray(data["embeddings"], dtype=np.float32), data.get("sparse"), data["usage"]
 
     def tokenize(self, texts: list[str], model: str | None = None, offsets: bool = False) -> dict:
-        body = {"texts": texts, "truncate": False, "return_offsets": offsets, **({"model": model} if model else {})}
+        """Token ids (truncated to the max length) and counts; with `offsets`, every token's character span,
+        never truncated (what chunking needs)."""
+        body = {"texts": texts, "return_offsets": offsets, **({"model": model} if model else {})}
         return self._request("POST", "/tokenize", body)
 
     def close(self) -> None:
