@@ -58,6 +58,12 @@ class Client:
         data = self._request("POST", "/embeddings", body)
         return np.asarray(data["embeddings"], dtype=np.float32), data.get("sparse"), data["usage"]
 
+    def colbert(self, texts: list[str], model: str | None = None) -> list[np.ndarray]:
+        """Multi-vector (ColBERT) outputs: float32[tokens - 1, dim] per text."""
+        data = self._request("POST", "/embeddings", {"texts": texts, "return_colbert": True,
+                                                      **({"model": model} if model else {})})
+        return [np.asarray(v, dtype=np.float32) for v in data["colbert"]]
+
     def tokenize(self, texts: list[str], model: str | None = None, offsets: bool = False) -> dict:
         """Token ids (truncated to the max length) and counts; with `offsets`, every token's character span,
         never truncated (what chunking needs)."""

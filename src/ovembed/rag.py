@@ -92,8 +92,7 @@ class ServiceEmbedder(Embedder):
     def colbert(self, texts):
         if "colbert" not in self.outputs:
             raise validation(f"{self.space.name} has no ColBERT output to rerank with")
-        data = self.client._request("POST", "/embeddings", {"texts": texts, "model": self.model, "return_colbert": True})
-        return [np.asarray(v, dtype=np.float32) for v in data["colbert"]]
+        return self.client.colbert(texts, self.model)
 
 
 def make_embedder(model: str | None = None, url: str | None = None, api_key: str | None = None) -> Embedder:

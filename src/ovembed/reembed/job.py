@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from tqdm import tqdm
 
 from ovembed.rag import Embedder
-from ovembed.store import Chunk, VectorRow, open_store
+from ovembed.store import Chunk, Space, Store, VectorRow, open_store
 
 _DONE = object()
 
@@ -76,18 +76,43 @@ def job_name(space: str) -> str:
     return f"reembed:{space}"
 
 
+@dataclass
+class JobStart:
+    """Where a reembed run starts: its checkpoint and the store's counts."""
+
+    job: str
+    after_id: int
+    done_before: int
+    chunks: int
+    already: int
+
+
+def start_job(store: Store, space: Space) -> JobStart:
+    store.create_space(space)
+    job = job_name(space.name)
+    after_id, done_before = store.get_checkpoint(job)
+    return JobStart(job, after_id, done_before, store.count_chunks(), store.count_vectors(space.name))
+
+
+def finish_job(store: Store, space: str, activate: bool) -> bool:
+    """Index a complete space (where the backend defers it) and activate it if asked; returns activated."""
+    if store.count_vectors(space) < store.count_chunks():
+        return False
+    store.build_index(space)
+    if activate:
+        store.activate(space)
+    return activate
+
+
 def reembed(db: str, embedder: Embedder, batch: int = 256, activate: bool = False, progress: bool = True,
             stop: threading.Event | None = None) -> ReembedStats:
     """Fill `embedder.space` in the store at `db`; resumes where an earlier run stopped."""
     target = embedder.space
     reader_store, writer_store = open_store(db), open_store(db)  # one connection per stage
     try:
-        writer_store.create_space(target)
-        job = job_name(target.name)
-        after_id, done_before = writer_store.get_checkpoint(job)
-        chunks_total = writer_store.count_chunks()
-        already = writer_store.count_vectors(target.name)
-        bar = tqdm(total=chunks_total, initial=already, unit="chunk", desc=f"reembed {target.name}",
+        begin = start_job(writer_store, target)
+        job, after_id, done_before = begin.job, begin.after_id, begin.done_before
+        bar = tqdm(total=begin.chunks, initial=begin.already, unit="chunk", desc=f"reembed {target.name}",
                    disable=not progress, smoothing=0.1)
         pages: queue.Queue = queue.Queue(maxsize=2)
         results: queue.Queue = queue.Queue(maxsize=2)
@@ -145,14 +170,8 @@ def reembed(db: str, embedder: Embedder, batch: int = 256, activate: bool = Fals
             bar.close()
         if errors:
             raise errors[0]
-        complete = writer_store.count_vectors(target.name) >= writer_store.count_chunks()
-        if complete:
-            writer_store.build_index(target.name)
-        activated = False
-        if activate and complete:
-            writer_store.activate(target.name)
-            activated = True
-        return ReembedStats(target.name, chunks_total, written, reused, already,
+        activated = finish_job(writer_store, target.name, activate)
+        return ReembedStats(target.name, begin.chunks, written, reused, begin.already,
                             round(time.perf_counter() - started, 3), activated)
     finally:
         reader_store.close()

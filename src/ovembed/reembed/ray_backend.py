@@ -18,7 +18,7 @@ import numpy as np
 
 from ovembed.errors import ErrorKind, OvembedError
 from ovembed.rag import make_embedder
-from ovembed.reembed.job import ReembedStats, _TextCache, embed_page, job_name
+from ovembed.reembed.job import ReembedStats, _TextCache, embed_page, finish_job, start_job
 from ovembed.store import Space, Store, open_store
 
 SCAN_PAGE = 4096  # chunks per query while the driver lists the missing ids
@@ -105,11 +105,7 @@ def reembed_ray(db: str, target: str, batch: int = 256, activate: bool = False, 
     store = open_store(db)
     started = False
     try:
-        store.create_space(space)
-        job = job_name(space.name)
-        last_id, done_before = store.get_checkpoint(job)
-        chunks_total = store.count_chunks()
-        already = store.count_vectors(space.name)
+        begin = start_job(store, space)
         clock = time.perf_counter()
         ranges = list(missing_ranges(store, space.name, batch))
         written = reused = 0
@@ -131,13 +127,9 @@ def reembed_ray(db: str, target: str, batch: int = 256, activate: bool = False, 
             written = sum(int(row["written"]) for row in counts)
             reused = sum(int(row["reused"]) for row in counts)
             # The same checkpoint as the local job: everything up to the last range is done.
-            store.set_checkpoint(job, max(last_id, ranges[-1]["hi"]), done_before + written)
-        complete = store.count_vectors(space.name) >= store.count_chunks()
-        activated = False
-        if activate and complete:
-            store.activate(space.name)
-            activated = True
-        return ReembedStats(space.name, chunks_total, written, reused, already,
+            store.set_checkpoint(begin.job, max(begin.after_id, ranges[-1]["hi"]), begin.done_before + written)
+        activated = finish_job(store, space.name, activate)
+        return ReembedStats(space.name, begin.chunks, written, reused, begin.already,
                             round(time.perf_counter() - clock, 3), activated)
     except Exception as exc:
         domain = _domain_error(exc, ray.exceptions.RayError)
