@@ -152,7 +152,9 @@ def test_missing_folder_and_missing_manifest_are_clear_errors(tmp_path):
 def test_serving_path_imports_no_torch_or_transformers(tiny_m3_fp32):
     code = (
         "import sys, ovembed; m = ovembed.load_model(sys.argv[1]); m.embed(['x'], sparse=True, colbert=True);"
-        "bad = [n for n in ('torch', 'transformers', 'nncf') if n in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+        "import ovembed.server.app, ovembed.rag, ovembed.store, ovembed.reembed, ovembed.client;"
+        "bad = [n for n in ('torch', 'transformers', 'nncf', 'ray') if n in sys.modules]; print(bad);"
+        "sys.exit(1 if bad else 0)"
     )
     proc = subprocess.run([sys.executable, "-c", code, str(tiny_m3_fp32)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
