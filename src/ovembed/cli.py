@@ -206,6 +206,18 @@ def _reembed(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from ovembed.evaluate.quality import evaluate, table
+
+    rows = evaluate(args.model, args.data, k=args.k, cache=None if args.no_cache else Path(args.cache_dir),
+                    api_key=args.api_key or os.environ.get("OVEMBED_API_KEY"))
+    report = table(rows)
+    if args.report:
+        Path(args.report).write_text(f"# Retrieval quality\n\n`ovembed eval {' '.join(sys.argv[2:])}`\n\n{report}\n")
+    print(json.dumps(rows) if args.json else report)
+    return EXIT_OK
+
+
 def _store_args(p: argparse.ArgumentParser, embed: bool = True) -> None:
     p.add_argument("--db", default=DEFAULT_DB, help="SQLite file or postgresql://... (default: data/ovembed.db)")
     if embed:
@@ -282,6 +294,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--api-key", help="Bearer key for a service URL (default: env OVEMBED_API_KEY)")
     r.add_argument("--json", action="store_true", help="print the summary as JSON (and no progress bar)")
     r.set_defaults(func=_reembed)
+
+    ev = sub.add_parser("eval", help="retrieval (BEIR folders) and STS quality of models, side by side")
+    ev.add_argument("--data", action="append", required=True,
+                    help="a BEIR folder (corpus/queries/qrels, .gz allowed) or an STS folder (pairs.tsv); repeatable")
+    ev.add_argument("--model", action="append", required=True, help="model folder or service URL; repeatable")
+    ev.add_argument("--k", type=int, default=10, help="cut-off for nDCG, Recall and MRR (default 10)")
+    ev.add_argument("--report", help="also write the table as a Markdown report to this file")
+    ev.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "ovembed" / "eval"),
+                    help="corpus embeddings cache (per model and content)")
+    ev.add_argument("--no-cache", action="store_true")
+    ev.add_argument("--api-key", help="Bearer key for service URLs (default: env OVEMBED_API_KEY)")
+    ev.add_argument("--json", action="store_true",
+                    help='print rows {"model","dataset","mode","ndcg@10","recall@10","recall@100","mrr@10"|"spearman"}')
+    ev.set_defaults(func=_eval)
 
     sp = sub.add_parser("spaces", help="list, activate (switch search over, or roll back) or drop embedding spaces")
     sp.add_argument("action", choices=["list", "activate", "drop"])

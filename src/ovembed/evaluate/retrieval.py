@@ -1,0 +1,128 @@
+"""Retrieval and STS quality, computed as BEIR/MTEB do: nDCG@k (gain = relevance, log2 discount, per query,
+then the mean), Recall@k, MRR@k on BEIR-layout folders; Spearman of cosine vs gold on STS pairs."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ovembed.errors import validation
+
+
+@dataclass
+class RetrievalSet:
+    name: str
+    corpus: dict[str, str]  # id -> title + " " + text (the title only when there is one)
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]  # query id -> {doc id: relevance}
+
+
+def _open_text(folder: Path, name: str) -> io.TextIOBase:
+    """`name` or `name.gz` in folder, as text."""
+    plain, packed = folder / name, folder / f"{name}.gz"
+    if plain.is_file():
+        return open(plain, encoding="utf-8", newline="")
+    if packed.is_file():
+        return io.TextIOWrapper(gzip.open(packed), encoding="utf-8", newline="")
+    raise validation(f"{folder}: no {name} (or {name}.gz)")
+
+
+def is_retrieval(folder: Path) -> bool:
+    return any((folder / f).is_file() for f in ("corpus.jsonl", "corpus.jsonl.gz"))
+
+
+def load_retrieval(folder: str | Path) -> RetrievalSet:
+    folder = Path(folder)
+    corpus, queries, qrels = {}, {}, {}
+    try:
+        with _open_text(folder, "corpus.jsonl") as fh:
+            for line in fh:
+                if line.strip():
+                    row = json.loads(line)
+                    title, text = (row.get("title") or "").strip(), row.get("text") or ""
+                    corpus[str(row["_id"])] = f"{title} {text}" if title else text
+        with _open_text(folder, "queries.jsonl") as fh:
+            for line in fh:
+                if line.strip():
+                    row = json.loads(line)
+                    queries[str(row["_id"])] = row["text"]
+        with _open_text(folder, "qrels.tsv") as fh:
+            reader = csv.reader(fh, delimiter="\t")
+            next(reader, None)  # header: query-id corpus-id score
+            for qid, did, score in reader:
+                qrels.setdefault(qid, {})[did] = int(score)
+    except (ValueError, KeyError, OSError) as exc:
+        raise validation(f"{folder}: not a valid BEIR folder ({type(exc).__name__}: {exc})") from None
+    qrels = {q: docs for q, docs in qrels.items() if q in queries}
+    if not corpus or not qrels:
+        raise validation(f"{folder}: empty corpus or no qrels for its queries")
+    return RetrievalSet(folder.name, corpus, queries, qrels)
+
+
+def load_sts(folder: str | Path, split: str = "pairs.tsv") -> tuple[list[str], list[str], np.ndarray]:
+    folder = Path(folder)
+    with _open_text(folder, split) as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+    try:
+        return [r["sentence1"] for r in rows], [r["sentence2"] for r in rows], np.array([float(r["score"]) for r in rows])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise validation(f"{folder}/{split}: needs columns sentence1, sentence2, score ({exc})") from None
+
+
+def ndcg_at_k(ranked: list[str], relevant: dict[str, int], k: int) -> float:
+    dcg = sum(relevant.get(doc, 0) / math.log2(i + 2) for i, doc in enumerate(ranked[:k]))
+    ideal = sorted((r for r in relevant.values() if r > 0), reverse=True)[:k]
+    idcg = sum(r / math.log2(i + 2) for i, r in enumerate(ideal))
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+def recall_at_k(ranked: list[str], relevant: dict[str, int], k: int) -> float:
+    wanted = {d for d, r in relevant.items() if r > 0}
+    return len(wanted & set(ranked[:k])) / len(wanted) if wanted else 0.0
+
+
+def mrr_at_k(ranked: list[str], relevant: dict[str, int], k: int) -> float:
+    for i, doc in enumerate(ranked[:k]):
+        if relevant.get(doc, 0) > 0:
+            return 1.0 / (i + 1)
+    return 0.0
+
+
+def score_run(run: dict[str, list[str]], qrels: dict[str, dict[str, int]], k: int = 10) -> dict[str, float]:
+    """Mean metrics over the queries that have qrels (a query with no results scores 0)."""
+    metrics = {f"ndcg@{k}": ndcg_at_k, f"recall@{k}": recall_at_k, "recall@100": recall_at_k, f"mrr@{k}": mrr_at_k}
+    out = {}
+    for name, fn in metrics.items():
+        cut = 100 if name == "recall@100" else k
+        out[name] = float(np.mean([fn(run.get(q, []), rel, cut) for q, rel in qrels.items()]))
+    return out
+
+
+def dense_run(query_ids: list[str], query_vecs: np.ndarray, doc_ids: list[str], doc_vecs: np.ndarray,
+              depth: int = 100) -> dict[str, list[str]]:
+    """Top `depth` documents per query by dot product (vectors L2-normalised: cosine)."""
+    run = {}
+    for start in range(0, len(query_ids), 256):
+        scores = query_vecs[start : start + 256] @ doc_vecs.T
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
+        for row, qid in enumerate(query_ids[start : start + 256]):
+            run[qid] = [doc_ids[j] for j in top[row]]
+    return run
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, ties sharing their average rank (as scipy.stats.rankdata)."""
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    return (starts + (counts + 1) / 2)[inverse]
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(_average_ranks(np.asarray(a)), _average_ranks(np.asarray(b)))[0, 1])
