@@ -177,11 +177,10 @@ def _spaces(args: argparse.Namespace) -> int:
 
 
 def _reembed(args: argparse.Namespace) -> int:
-    from ovembed.rag import make_embedder
+    from ovembed.rag import embedder_for
     from ovembed.store import open_store
 
     target = args.to
-    is_url = target.startswith(("http://", "https://"))
     api_key = args.api_key or os.environ.get("OVEMBED_API_KEY")
     if args.source:
         with open_store(args.db) as store:
@@ -194,8 +193,8 @@ def _reembed(args: argparse.Namespace) -> int:
     else:
         from ovembed.reembed import reembed
 
-        embedder = make_embedder(None if is_url else target, target if is_url else None, api_key)
-        stats = reembed(args.db, embedder, batch=args.batch, activate=args.activate, progress=not args.json)
+        stats = reembed(args.db, embedder_for(target, api_key), batch=args.batch, activate=args.activate,
+                        progress=not args.json)
     if args.json:
         print(json.dumps(stats.as_dict()))
     else:

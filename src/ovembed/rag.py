@@ -72,8 +72,8 @@ class ServiceEmbedder(Embedder):
 
         self.client = Client(url, api_key=api_key)
         status = self.client.status()
-        info = next((m for m in status["models"] if model in (None, m["name"], m["id"], *m["aliases"])
-                     and (model is not None or m["id"] == status["embedding_model"])), None)
+        wanted = model or status["embedding_model"]  # no model named: the service's default
+        info = next((m for m in status["models"] if wanted in (m["name"], m["id"], *m["aliases"])), None)
         if info is None:
             raise OvembedError(ErrorKind.MODEL_NOT_FOUND, f"{url} does not serve '{model}'")
         self.model = info["name"]
@@ -99,6 +99,13 @@ def make_embedder(model: str | None = None, url: str | None = None, api_key: str
     if bool(model) == bool(url):
         raise validation("give exactly one of --model DIR (in-process) or --url URL (a running service)")
     return LocalEmbedder(model) if model else ServiceEmbedder(url, api_key)
+
+
+def embedder_for(target: str, api_key: str | None = None) -> Embedder:
+    """A model folder or a service URL, as `reembed --to`, `eval --model` and the Ray workers take them."""
+    if target.startswith(("http://", "https://")):
+        return ServiceEmbedder(target, api_key)
+    return LocalEmbedder(target)
 
 
 def _model_id(source: str, fallback: str) -> str:

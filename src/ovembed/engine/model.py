@@ -64,8 +64,9 @@ class EmbeddingModel:
         if inference_precision is None and self.manifest.precision in ("fp32", "int8"):
             # On CPUs with AMX/AVX512-BF16 OpenVINO runs the float parts in bf16 by default. For fp32
             # that breaks the precision promise; for static int8, bf16 made some texts' vectors depend
-            # on the rest of a large batch (cosine 0.77 to the same text alone, OpenVINO 2026.4) for
-            # a 4% speed gain. int8-weights and fp16 keep bf16: there it is where their speed comes from.
+            # on the rest of a large batch (cosine 0.77 to the same text alone, OpenVINO 2026.4, seen in
+            # a one-off check; see docs/benchmarks.md) for a ~4% speed gain. int8-weights and fp16 keep
+            # bf16: there it is where their speed comes from.
             inference_precision = "f32"
         self.runtime = Runtime(
             self.folder / MODEL_XML,

@@ -10,7 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ovembed.evaluate.retrieval import dense_run, is_retrieval, load_retrieval, load_sts, score_run, spearman
-from ovembed.rag import Embedder, LocalEmbedder, make_embedder
+from ovembed.rag import Embedder, LocalEmbedder, embedder_for
 
 DEFAULT_CACHE = Path.home() / ".cache" / "ovembed" / "eval"
 BATCH = 64
@@ -47,8 +47,7 @@ def evaluate(models: list[str], datasets: list[str], k: int = 10, cache: Path | 
              api_key: str | None = None) -> list[dict]:
     rows = []
     for spec in models:
-        is_url = spec.startswith(("http://", "https://"))
-        embedder = make_embedder(None if is_url else spec, spec if is_url else None, api_key)
+        embedder = embedder_for(spec, api_key)
         label = f"{embedder.space.name}"
         for data in datasets:
             folder = Path(data)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ovembed.errors import ErrorKind, OvembedError
-from ovembed.rag import make_embedder
+from ovembed.rag import embedder_for
 from ovembed.reembed.job import ReembedStats, _TextCache, embed_page, finish_job, start_job
 from ovembed.store import Space, Store, open_store
 
@@ -27,7 +27,7 @@ SCAN_PAGE = 4096  # chunks per query while the driver lists the missing ids
 class EmbedWriter:
     """One Ray actor: embeds the missing chunks of id ranges and writes their vectors."""
 
-    def __init__(self, db: str, model: str | None, url: str | None, api_key: str | None, space: Space):
+    def __init__(self, db: str, target: str, api_key: str | None, space: Space):
         self.space = space.name
         self.cache = _TextCache()
         self.store = None
@@ -36,7 +36,7 @@ class EmbedWriter:
         self.failed: OvembedError | None = None
         try:
             self.store = open_store(db)
-            self.embedder = make_embedder(model, url, api_key)
+            self.embedder = embedder_for(target, api_key)
             if self.embedder.space != space:
                 # A service that switched models mid-job would otherwise mix two models' vectors in one space.
                 raise OvembedError(ErrorKind.VALIDATION, f"this worker's model makes space {self.embedder.space}, "
@@ -93,15 +93,14 @@ def reembed_ray(db: str, target: str, batch: int = 256, activate: bool = False, 
                            "the Ray engine needs Ray Data: pip install 'ovembed[ray]'") from None
     if batch < 1 or actors < 1:
         raise OvembedError(ErrorKind.VALIDATION, "--batch and --actors must be at least 1")
-    is_url = target.startswith(("http://", "https://"))
     # Workers may start in another directory than this process: give them absolute paths.
-    model = None if is_url else str(Path(target).expanduser().resolve())
-    url = target if is_url else None
+    if not target.startswith(("http://", "https://")):
+        target = str(Path(target).expanduser().resolve())
     if not db.startswith(("postgresql://", "postgres://")):
         db = str(Path(db).expanduser().resolve())
 
     # Only the space is needed here; the model is freed before the actors load their own copies.
-    space = make_embedder(model, url, api_key).space
+    space = embedder_for(target, api_key).space
     store = open_store(db)
     started = False
     try:
@@ -122,7 +121,7 @@ def reembed_ray(db: str, target: str, batch: int = 256, activate: bool = False, 
                 EmbedWriter,
                 batch_size=1,  # a range is already one embedder batch; one at a time balances the actors
                 compute=ray.data.ActorPoolStrategy(size=min(actors, len(ranges))),
-                fn_constructor_kwargs={"db": db, "model": model, "url": url, "api_key": api_key, "space": space},
+                fn_constructor_kwargs={"db": db, "target": target, "api_key": api_key, "space": space},
             ).take_all()
             written = sum(int(row["written"]) for row in counts)
             reused = sum(int(row["reused"]) for row in counts)
