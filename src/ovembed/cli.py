@@ -217,6 +217,14 @@ def _eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from ovembed.evaluate import bench
+
+    rest = args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args
+    bench.main(rest, prog="ovembed bench")
+    return EXIT_OK
+
+
 def _store_args(p: argparse.ArgumentParser, embed: bool = True) -> None:
     p.add_argument("--db", default=DEFAULT_DB, help="SQLite file or postgresql://... (default: data/ovembed.db)")
     if embed:
@@ -308,6 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help='print rows {"model","dataset","mode","ndcg@10","recall@10","recall@100","mrr@10"|"spearman"}')
     ev.set_defaults(func=_eval)
 
+    b = sub.add_parser("bench", add_help=False, help="speed: ours vs PyTorch, ONNX Runtime and OpenVINO peers; "
+                       "engine | http (see `ovembed bench --help`)")
+    b.add_argument("bench_args", nargs=argparse.REMAINDER)
+    b.set_defaults(func=_bench)
+
     sp = sub.add_parser("spaces", help="list, activate (switch search over, or roll back) or drop embedding spaces")
     sp.add_argument("action", choices=["list", "activate", "drop"])
     sp.add_argument("name", nargs="?", help="space name (for activate and drop)")
@@ -331,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own parser: `ovembed bench --help` lists bench's subcommands
+        argv = ["bench", "--", *argv[1:]]
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -443,8 +443,8 @@ def _http(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m ovembed.evaluate.bench")
+def main(argv: list[str] | None = None, prog: str = "python -m ovembed.evaluate.bench") -> None:
+    parser = argparse.ArgumentParser(prog=prog)
     sub = parser.add_subparsers(dest="command", required=True)
     e = sub.add_parser("engine", help="PyTorch fp32 vs OpenVINO precisions, same weights, same run")
     e.add_argument("source", nargs="?", help="Hugging Face model folder (the weights to compare)")
