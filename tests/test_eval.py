@@ -68,7 +68,9 @@ def _eval(*args):
 def test_missing_files_are_a_clear_error(tmp_path, minilm_int8):
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "corpus.jsonl").write_text('{"_id": "d", "text": "x"}\n')
-    for data, message in ((tmp_path / "half", "no queries.jsonl"), (tmp_path / "none", "no pairs.tsv")):
+    (tmp_path / "empty").mkdir()
+    for data, message in ((tmp_path / "half", "no queries.jsonl"), (tmp_path / "empty", "no pairs.tsv"),
+                          (tmp_path / "none", "not a folder")):
         proc = _eval("--data", str(data), "--model", str(minilm_int8), "--no-cache")
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
@@ -85,7 +87,8 @@ def test_minilm_fp32_lands_on_the_published_mteb_scores(shared_data, minilm_fp32
         metric = "spearman" if name.startswith("stsb") else "ndcg@10"
         assert rows[name][metric] == pytest.approx(score, abs=0.005), (name, rows[name])
     assert {"recall@10", "recall@100", "mrr@10"} <= set(rows["xquad/en"])
-    assert "| xquad/de | ndcg@10 |" in (tmp_path / "quality.md").read_text()
+    report = (tmp_path / "quality.md").read_text()
+    assert "| xquad/de | dense | ndcg@10 |" in report and "ovembed eval --data" in report and "cores" in report
     # A rerun reads the corpus vectors from the cache and gives the same numbers.
     again = _eval("--data", data[0], "--model", str(minilm_fp32), "--json", "--cache-dir", str(tmp_path / "cache"))
     assert json.loads(again.stdout)[0] == rows["xquad/en"]
@@ -102,3 +105,94 @@ def test_a_service_url_scores_like_the_local_folder(server, tiny_m3_fp32, tmp_pa
     local = json.loads(_eval("--data", str(sts), "--model", str(tiny_m3_fp32), "--json", "--no-cache").stdout)
     remote = json.loads(_eval("--data", str(sts), "--model", server.url, "--json", "--no-cache").stdout)
     assert remote[0]["spearman"] == pytest.approx(local[0]["spearman"], abs=1e-6)
+
+
+def _subset(source, target, n_docs: int, n_queries: int):
+    """A small BEIR folder cut from a shared one: its first documents and the queries that point into them."""
+    ds = load_retrieval(source)
+    docs = list(ds.corpus)[:n_docs]
+    qids = [q for q, rel in ds.qrels.items() if set(rel) <= set(docs)][:n_queries]
+    target.mkdir(parents=True)
+    (target / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "text": ds.corpus[d]}) + "\n" for d in docs))
+    (target / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": ds.queries[q]}) + "\n" for q in qids))
+    (target / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"{q}\t{d}\t{r}\n" for q in qids for d, r in ds.qrels[q].items()))
+    return target
+
+
+def test_every_mode_ranks_as_flagembedding_compute_score(shared_data, tmp_path, flag_oracle, tiny_m3_fp32):
+    from ovembed.evaluate.quality import MODES, NEEDS, Scorer, encode
+    from ovembed.rag import LocalEmbedder
+
+    ds = load_retrieval(_subset(shared_data / "xquad" / "en", tmp_path / "xq", n_docs=12, n_queries=8))
+    docs, qids = list(ds.corpus), list(ds.qrels)
+    embedder = LocalEmbedder(tiny_m3_fp32)
+    outputs = {"dense", "sparse", "colbert"}
+    d = encode(embedder, [ds.corpus[x] for x in docs], outputs, "docs", None)
+    q = encode(embedder, [ds.queries[x] for x in qids], outputs, "queries", None)
+    # The oracle, one pair per call: FlagEmbedding pads a batch and padded tokens would enter its ColBERT max.
+    names = {"dense": "dense", "sparse": "sparse", "colbert": "colbert", "hybrid": "colbert+sparse+dense"}
+    ref = {mode: np.zeros((len(qids), len(docs))) for mode in MODES}
+    max_len = embedder.model.manifest.max_length
+    for i, qid in enumerate(qids):
+        for j, did in enumerate(docs):
+            out = flag_oracle.compute_score([[ds.queries[qid], ds.corpus[did]]], max_query_length=max_len,
+                                            max_passage_length=max_len, weights_for_different_modes=[0.4, 0.2, 0.4])
+            for mode in MODES:
+                ref[mode][i, j] = out[names[mode]][0]
+    for mode in MODES:
+        assert NEEDS[mode] <= outputs
+        ours = Scorer(d, mode, {"dense": 0.4, "sparse": 0.2, "colbert": 0.4}).scores(q)
+        assert np.abs(ours - ref[mode]).max() < 2e-3, mode
+        # Our ranking is a ranking of the oracle's scores: along our order they never rise by more than noise.
+        along = np.take_along_axis(ref[mode], np.argsort(-ours, axis=1, kind="stable"), axis=1)
+        assert (np.diff(along, axis=1) < 4e-3).all(), mode
+        assert (np.argmax(ours, axis=1) == np.argmax(ref[mode], axis=1)).mean() >= 0.85, mode
+
+
+def test_all_modes_and_cross_lingual_runs_end_to_end(shared_data, tmp_path, tiny_m3_fp32, minilm_int8):
+    en = _subset(shared_data / "xquad" / "en", tmp_path / "xq" / "en", n_docs=20, n_queries=30)
+    de = _subset(shared_data / "xquad" / "de", tmp_path / "xq" / "de", n_docs=20, n_queries=30)
+    proc = _eval("--data", str(en), "--data", str(de), "--cross-lingual", "--mode", "all", "--json", "--no-cache",
+                 "--model", str(tiny_m3_fp32), "--model", str(minilm_int8))
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    got = {(r["model"], r["dataset"], r["mode"]) for r in rows}
+    datasets = {"xq/en", "xq/de", "xq/en→de", "xq/de→en"}
+    assert got == {(tiny_m3_fp32.name, ds, m) for ds in datasets for m in ("dense", "sparse", "colbert", "hybrid")} \
+        | {(minilm_int8.name, ds, "dense") for ds in datasets}
+    assert "minilm-int8 has no sparse output; mode sparse skipped" in proc.stderr
+    for r in rows:
+        assert 0 <= r["mrr@10"] <= 1 and r["recall@10"] <= r["recall@100"] <= 1
+    minilm = {r["dataset"]: r["ndcg@10"] for r in rows if r["model"] == minilm_int8.name}
+    # English MiniLM finds English paragraphs; German questions against English paragraphs are harder.
+    assert minilm["xq/en"] > 0.8 and minilm["xq/de→en"] < minilm["xq/en"]
+
+
+def test_cross_lingual_needs_shared_ids(tmp_path, minilm_int8):
+    (tmp_path / "c").mkdir()
+    _write_beir(tmp_path / "c" / "a", packed=False)
+    (tmp_path / "c" / "b").mkdir()
+    for name in ("queries.jsonl", "qrels.tsv"):
+        (tmp_path / "c" / "b" / name).write_text((tmp_path / "c" / "a" / name).read_text())
+    (tmp_path / "c" / "b" / "corpus.jsonl").write_text('{"_id": "other", "text": "gamma"}\n')
+    proc = _eval("--data", str(tmp_path / "c" / "a"), "--data", str(tmp_path / "c" / "b"), "--cross-lingual",
+                 "--model", str(minilm_int8), "--no-cache")
+    assert proc.returncode == 2 and "shared ids" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_int8_recipes_stay_within_001_of_fp32_on_every_shared_set(shared_data, tmp_path_factory, minilm_fp32,
+                                                                   minilm_int8, minilm_int8_weights):
+    from ovembed.evaluate.quality import evaluate
+
+    sets = sorted(str(p.parent) for p in shared_data.glob("*/*/pairs.tsv")) + \
+        sorted(str(p.parent) for p in shared_data.glob("*/*/corpus.jsonl"))
+    assert len(sets) >= 20
+    rows = evaluate([str(minilm_fp32), str(minilm_int8), str(minilm_int8_weights)], sets,
+                    cache=tmp_path_factory.mktemp("evalcache"))
+    score = {(r["model"], r["dataset"]): r.get("spearman", r.get("ndcg@10")) for r in rows}
+    worst = {}
+    for quantized in (minilm_int8.name, minilm_int8_weights.name):
+        for name in {d for _, d in score}:
+            worst[quantized, name] = abs(score[quantized, name] - score[minilm_fp32.name, name])
+    assert max(worst.values()) <= 0.01, sorted(worst.items(), key=lambda kv: -kv[1])[:5]

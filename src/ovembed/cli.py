@@ -76,6 +76,7 @@ def _serve(args: argparse.Namespace) -> int:
     from ovembed.config import Settings
     from ovembed.server import logs
     from ovembed.server.app import create_app
+    from ovembed.server.protocol import with_header_timeout
 
     flags = {"models": args.model, "default_model": args.default, "host": args.host, "port": args.port,
              "workers_infer": args.workers_infer, "preload": args.preload}
@@ -87,7 +88,8 @@ def _serve(args: argparse.Namespace) -> int:
     logs.configure(settings.log_level, settings.log_json)
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=settings.graceful_timeout_s, log_level=settings.log_level)
+                            timeout_graceful_shutdown=settings.graceful_timeout_s, log_level=settings.log_level,
+                            http=with_header_timeout(settings.header_timeout_s))
     server = uvicorn.Server(config)
     # Uvicorn drains on SIGTERM, then re-raises the signal once it has restored the previous handler;
     # with the default handler that kills the process (exit -15) after a clean shutdown. A no-op
@@ -206,14 +208,15 @@ def _reembed(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ovembed.evaluate.quality import evaluate, table
+    from ovembed.evaluate.quality import MODES, evaluate, report, table
 
+    modes = list(MODES) if args.mode == "all" else [args.mode]
     rows = evaluate(args.model, args.data, k=args.k, cache=None if args.no_cache else Path(args.cache_dir),
-                    api_key=args.api_key or os.environ.get("OVEMBED_API_KEY"))
-    report = table(rows)
+                    api_key=args.api_key or os.environ.get("OVEMBED_API_KEY"), modes=modes,
+                    cross_lingual=args.cross_lingual)
     if args.report:
-        Path(args.report).write_text(f"# Retrieval quality\n\n`ovembed eval {' '.join(sys.argv[2:])}`\n\n{report}\n")
-    print(json.dumps(rows) if args.json else report)
+        Path(args.report).write_text(report(rows, "ovembed " + " ".join(sys.argv[1:])))
+    print(json.dumps(rows, ensure_ascii=False) if args.json else table(rows))
     return EXIT_OK
 
 
@@ -306,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", action="append", required=True,
                     help="a BEIR folder (corpus/queries/qrels, .gz allowed) or an STS folder (pairs.tsv); repeatable")
     ev.add_argument("--model", action="append", required=True, help="model folder or service URL; repeatable")
+    ev.add_argument("--mode", default="dense", choices=["dense", "sparse", "colbert", "hybrid", "all"],
+                    help="BGE-M3 output to score with; hybrid = M3's 0.4 dense + 0.2 sparse + 0.4 colbert (default dense)")
+    ev.add_argument("--cross-lingual", action="store_true",
+                    help="also run each retrieval folder's queries against its siblings' corpora (xquad/de→en, ...)")
     ev.add_argument("--k", type=int, default=10, help="cut-off for nDCG, Recall and MRR (default 10)")
     ev.add_argument("--report", help="also write the table as a Markdown report to this file")
     ev.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "ovembed" / "eval"),

@@ -28,6 +28,7 @@ class Embedder(ABC):
 
     space: Space
     max_tokens: int  # per chunk, special tokens excluded
+    outputs: list[str]  # what the model can give: dense, and for BGE-M3 sparse and colbert
 
     @abstractmethod
     def embed(self, texts: list[str], sparse: bool) -> tuple[np.ndarray, list[SparseVector] | None]: ...
@@ -37,6 +38,12 @@ class Embedder(ABC):
 
     @abstractmethod
     def colbert(self, texts: list[str]) -> list[np.ndarray]: ...
+
+    def encode(self, texts: list[str], dense: bool = True, sparse: bool = False, colbert: bool = False
+               ) -> tuple[np.ndarray | None, list[SparseVector] | None, list[np.ndarray] | None]:
+        """Several outputs for the same texts (what is not asked for is None)."""
+        d, s = self.embed(texts, sparse) if dense or sparse else (None, None)
+        return d if dense else None, s, self.colbert(texts) if colbert else None
 
     def vectors(self, chunks: list[Chunk]) -> list[VectorRow]:
         dense, sparse = self.embed([c.text for c in chunks], sparse=self.space.sparse)
@@ -52,10 +59,15 @@ class LocalEmbedder(Embedder):
         self.space = Space(Path(folder).name, _model_id(m.source, Path(folder).name), m.precision, m.dimension,
                            str(Path(folder).resolve()), sparse="sparse" in m.outputs)
         self.max_tokens = m.max_length - 2
+        self.outputs = list(self.model.outputs)
 
     def embed(self, texts, sparse):
         out = self.model.embed(texts, dense=True, sparse=sparse)
         return out.dense, out.sparse
+
+    def encode(self, texts, dense=True, sparse=False, colbert=False):
+        out = self.model.embed(texts, dense=dense, sparse=sparse, colbert=colbert)  # one pass for all three
+        return out.dense if dense else None, out.sparse if sparse else None, out.colbert if colbert else None
 
     def offsets(self, texts):
         return self.model.tokenizer.offsets(texts)

@@ -1,13 +1,16 @@
-"""Engine benchmark: PyTorch fp32 vs OpenVINO fp32 / int8-weights / int8 of the same weights.
+"""Speed of ours against peers on the same weights: `engine` (in-process backends) and `http` (a service).
 
-    python -m ovembed.evaluate.bench engine SOURCE_FOLDER [--precisions fp32,int8-weights,int8]
+    python -m ovembed.evaluate.bench engine SOURCE_FOLDER [--backends pytorch,onnx-fp32,onnx-int8,int8-weights,int8]
     python -m ovembed.evaluate.bench engine --bge-m3-architecture      # random weights, real shapes
     python -m ovembed.evaluate.bench http --url URL [--engine-model FOLDER]   # a running service
 
-Each backend runs in its own child process, one after the other, so RSS after load and peak RSS
-belong to that backend alone and the two cores are not shared. `http` drives a running service with
-concurrent clients and, with --engine-model, compares it with the engine in-process (timed before the
-load, not during it). Each prints a table and ratios; --json writes the raw figures."""
+`engine` runs each backend (see peers.py: PyTorch fp32, ONNX Runtime fp32 and dynamic int8, OpenVINO
+int8-weights, ours) in its own child process, one after the other, so RSS after load and peak RSS belong
+to that backend alone and the cores are not shared. Every backend gets the same token ids: latency
+percentiles per 1xN shape, throughput per batch size and per number of concurrent callers, and tokens/s
+on real mixed-length paragraphs (XQuAD). `http` drives a running service with concurrent clients and,
+with --engine-model, compares it with the engine in-process (timed before the load, not during it).
+Each prints tables and ratios; --json writes the raw figures, --plots PNG charts."""
 
 from __future__ import annotations
 
@@ -16,16 +19,22 @@ import json
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import psutil
 
-LATENCY_SHAPES = (16, 128, 512)  # 1 x N tokens
-THROUGHPUT_SHAPE = (32, 128)  # batch x tokens
+from ovembed.evaluate import peers
+
+DEFAULT_BACKENDS = ("pytorch", "onnx-fp32", "onnx-int8", "int8-weights", "int8")
+DEFAULT_CORPUS = Path(__file__).resolve().parents[4] / "shared" / "data" / "xquad" / "en" / "corpus.jsonl"
+MAX_TIMED_RUNS = 200  # per shape: bounds a run on a fast model, --seconds bounds it on a slow one
 
 
 def _rss_mb() -> float:
@@ -49,102 +58,341 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _token_ids(n_texts: int, n_tokens: int, low: int, high: int, cls: int, sep: int, seed: int) -> list[list[int]]:
+def _percentiles_ms(times_ms: list[float]) -> dict[str, float]:
+    p50, p95, p99 = np.percentile(times_ms, [50, 95, 99])
+    return {"p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2), "p99_ms": round(float(p99), 2)}
+
+
+def _positive_ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _time_runs(run, seconds: float, min_runs: int, max_runs: int) -> list[float]:
+    """Milliseconds of run(i) for i = 0, 1, …: at least min_runs, then until `seconds` or max_runs."""
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(times) < min_runs or (time.perf_counter() < deadline and len(times) < max_runs):
+        t0 = time.perf_counter()
+        run(len(times))
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+def _token_ids(n_texts: int, n_tokens: int, vocab_high: int, seed: int) -> list[list[int]]:
+    """Random ids between two special-looking ones: the speed of a text depends on its length only."""
     rng = np.random.default_rng(seed)
-    return [[cls, *rng.integers(low, high, n_tokens - 2).tolist(), sep] for _ in range(n_texts)]
+    return [[0, *rng.integers(5, vocab_high, n_tokens - 2).tolist(), 2] for _ in range(n_texts)]
+
+
+# --- the worker: one backend in one process ------------------------------------------------------------
+
+
+def _latency(run, tokens: int, plan: dict) -> dict:
+    """p50/p95/p99 of one text of `tokens` tokens, a fresh text each run."""
+    times = _time_runs(lambda i: run(_token_ids(1, tokens, plan["vocab_high"], i)), plan["seconds"], plan["min_runs"],
+                       MAX_TIMED_RUNS)
+    return {**_percentiles_ms(times), "runs": len(times)}
+
+
+def _throughput(run, batch: int, plan: dict) -> dict:
+    """Texts/s and tokens/s of `batch` texts per call, from the median call."""
+    tokens = plan["throughput_tokens"]
+    inputs = [_token_ids(batch, tokens, plan["vocab_high"], seed) for seed in range(4)]
+    times = _time_runs(lambda i: run(inputs[i % len(inputs)]), plan["seconds"], min(3, plan["min_runs"]), 50)
+    seconds = float(np.median(times)) / 1000
+    return {"texts_per_s": round(batch / seconds, 2), "tokens_per_s": round(batch * tokens / seconds), "runs": len(times)}
+
+
+def _concurrent(run, clients: int, plan: dict) -> dict:
+    """`clients` threads, each embedding one text per call back to back for --seconds: texts/s and the
+    latency each caller sees. Together they make at least --min-runs calls."""
+    tokens, seconds = plan["throughput_tokens"], plan["seconds"]
+    texts = _token_ids(64, tokens, plan["vocab_high"], seed=1)
+    per_client = -(-plan["min_runs"] // clients)
+    times: list[list[float]] = [[] for _ in range(clients)]
+    failures: list[BaseException] = []
+    start_line = threading.Barrier(clients + 1)
+
+    def client(k: int) -> None:
+        start_line.wait()
+        deadline = time.perf_counter() + seconds
+        try:
+            while len(times[k]) < per_client or (time.perf_counter() < deadline and len(times[k]) < MAX_TIMED_RUNS):
+                t0 = time.perf_counter()
+                run([texts[(k + clients * len(times[k])) % len(texts)]])
+                times[k].append((time.perf_counter() - t0) * 1000)
+        except Exception as exc:  # re-raised in the main thread: a failed backend must not look fast
+            failures.append(exc)
+
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(clients)]
+    for thread in threads:
+        thread.start()
+    start_line.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    if failures:
+        raise failures[0]
+    calls = [t for per in times for t in per]
+    return {**_percentiles_ms(calls), "texts_per_s": round(len(calls) / wall, 2),
+            "tokens_per_s": round(len(calls) * tokens / wall), "runs": len(calls)}
+
+
+def _corpus(run, ids: list[list[int]], plan: dict) -> dict:
+    """Whole passes over real paragraphs in length-sorted batches (as FlagEmbedding and
+    sentence-transformers order them); tokens/s counts real tokens, not padding."""
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    size = plan["corpus_batch"]
+    batches = [[ids[i] for i in order[s:s + size]] for s in range(0, len(order), size)]
+    run(batches[0])  # warm-up on the longest and the shortest shapes
+    run(batches[-1])
+    passes = _time_runs(lambda _: [run(b) for b in batches], plan["seconds"], 1, 20)
+    seconds = float(np.median(passes)) / 1000
+    tokens = sum(len(x) for x in ids)
+    return {"texts": len(ids), "tokens": tokens, "batch": size, "passes": len(passes),
+            "seconds_per_pass": round(seconds, 3), "texts_per_s": round(len(ids) / seconds, 2),
+            "tokens_per_s": round(tokens / seconds)}
 
 
 def _worker(args: argparse.Namespace) -> None:
-    """One backend in this process: load, warm up, time; print one JSON object."""
+    """One backend in this process: load, warm up, time every workload; print one JSON object."""
+    plan = json.loads(Path(args.plan).read_text())
     started = time.perf_counter()
-    if args.backend == "pytorch":
-        import torch
-
-        from ovembed.convert import export
-
-        source = export.inspect_source(Path(args.path), args.path, None, None)
-        encoder = export.load_encoder(source)
-        vocab_high = min(source.config["vocab_size"], 1000)
-
-        def run(ids: list[list[int]]) -> None:
-            with torch.inference_mode():
-                t = torch.tensor(ids, dtype=torch.int64)
-                encoder.embed_ids(t, torch.ones_like(t))
-    else:
-        from ovembed.engine import load_model
-
-        model = load_model(args.path, performance_hint=args.hint)
-        wanted = model.outputs  # the graph computes every head anyway; ask for all, as PyTorch does
-        vocab_high = min(model.manifest.vocab_size, 1000)
-
-        def run(ids: list[list[int]]) -> None:
-            model.embed_tokens(ids, wanted)
-
-    figures: dict[str, object] = {"load_s": round(time.perf_counter() - started, 2), "rss_after_load_mb": round(_rss_mb())}
-    shape_ids = lambda n, t, seed=0: _token_ids(n, t, 5, vocab_high, 0, 2, seed)  # noqa: E731
-    run(shape_ids(1, 16))
-    run(shape_ids(*THROUGHPUT_SHAPE))
+    run, runner, batched = peers.load(plan["backend"], Path(plan["path"]), plan["pad_id"], plan["hint"])
+    figures: dict[str, object] = {"runner": runner, "load_s": round(time.perf_counter() - started, 2),
+                                  "rss_after_load_mb": round(_rss_mb())}
+    run(_token_ids(1, 16, plan["vocab_high"], 0))
+    run(_token_ids(max(plan["batches"]), plan["throughput_tokens"], plan["vocab_high"], 0))
     figures["rss_after_warmup_mb"] = round(_rss_mb())
     figures["anon_after_warmup_mb"] = round(_anon_mb())
-
-    for tokens in LATENCY_SHAPES:
-        times = []
-        deadline = time.perf_counter() + args.seconds
-        while len(times) < args.min_runs or (time.perf_counter() < deadline and len(times) < 200):
-            ids = shape_ids(1, tokens, seed=len(times))
-            t0 = time.perf_counter()
-            run(ids)
-            times.append((time.perf_counter() - t0) * 1000)
-        figures[f"1x{tokens}"] = {
-            "p50_ms": round(float(np.percentile(times, 50)), 2),
-            "p95_ms": round(float(np.percentile(times, 95)), 2),
-            "runs": len(times),
-        }
-
-    batch, tokens = THROUGHPUT_SHAPE
-    times = []
-    deadline = time.perf_counter() + args.seconds
-    while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 50):
-        ids = shape_ids(batch, tokens, seed=len(times))
-        t0 = time.perf_counter()
-        run(ids)
-        times.append(time.perf_counter() - t0)
-    median = float(np.median(times))
-    figures[f"{batch}x{tokens}"] = {
-        "texts_per_s": round(batch / median, 2),
-        "tokens_per_s": round(batch * tokens / median),
-        "runs": len(times),
-    }
+    figures["latency"] = {str(t): _latency(run, t, plan) for t in plan["latency_tokens"]}
+    figures["batch"] = {str(b): _throughput(run, b, plan) for b in plan["batches"]}
+    concurrent_run = batched() if batched else run
+    figures["concurrency"] = {str(c): _concurrent(concurrent_run, c, plan) for c in plan["concurrency"]}
+    if plan["corpus_ids"]:
+        figures["corpus"] = _corpus(run, plan["corpus_ids"], plan)
     figures["peak_rss_mb"] = round(_peak_mb())
-    if args.long:
+    if plan["long"]:
         t0 = time.perf_counter()
-        run(shape_ids(1, args.long))
-        figures[f"1x{args.long}"] = {"seconds": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(_peak_mb())}
+        run(_token_ids(1, plan["long"], plan["vocab_high"], 0))
+        figures["long"] = {"tokens": plan["long"], "seconds": round(time.perf_counter() - t0, 2),
+                           "peak_rss_mb": round(_peak_mb())}
     print(json.dumps(figures))
 
 
-def _ensure_models(source: Path, precisions: list[str], cache: Path) -> dict[str, Path]:
+# --- the parent: models, plans, children, report -------------------------------------------------------
+
+
+def _ensure_openvino(source: Path, precision: str, cache: Path) -> Path:
     from ovembed.convert.pipeline import run_quantize
 
-    folders = {}
-    for precision in precisions:
-        folder = cache / f"{source.name}-{precision}"
-        if not (folder / "ovembed.json").is_file():
-            print(f"[bench] quantizing {source} -> {folder}", file=sys.stderr)
-            # Random weights have no meaningful accuracy to gate; speed is what is measured here.
-            run_quantize(str(source), output=folder, precision=precision, gate=False)
-        folders[precision] = folder
-    return folders
+    folder = cache / f"{source.name}-{precision}"
+    if not (folder / "ovembed.json").is_file():
+        print(f"[bench] quantizing {source} -> {folder}", file=sys.stderr, flush=True)
+        # Random weights have no meaningful accuracy to gate; speed is what is measured here.
+        run_quantize(str(source), output=folder, precision=precision, gate=False)
+    return folder
 
 
-def _run_child(backend: str, path: Path, args: argparse.Namespace, long: int) -> dict:
-    cmd = [sys.executable, "-m", "ovembed.evaluate.bench", "_worker", "--backend", backend, "--path", str(path),
-           "--seconds", str(args.seconds), "--min-runs", str(args.min_runs), "--hint", args.hint, "--long", str(long)]
-    print(f"[bench] {backend} {path.name} ...", file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+def _backend_path(backend: str, source: Path, cache: Path) -> Path:
+    if backend == "pytorch":
+        return source
+    if backend in peers.ONNX_BACKENDS:
+        return peers.ensure_onnx(source, backend, cache)
+    return _ensure_openvino(source, backend, cache)
+
+
+def _run_child(plan: dict) -> dict:
+    """The worker in a fresh interpreter; its last stdout line is the figures, or the error is."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="bench-plan-") as f:
+        json.dump(plan, f)
+        f.flush()
+        print(f"[bench] {plan['backend']} {plan['path']} ...", file=sys.stderr, flush=True)
+        proc = subprocess.run([sys.executable, "-m", "ovembed.evaluate.bench", "_worker", "--plan", f.name],
+                              capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _read_corpus(path: Path, limit: int) -> list[str]:
+    """Paragraph texts of a BEIR-style corpus.jsonl; with `limit`, that many spread over the file."""
+    try:
+        texts = [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        sys.exit(f"bench engine: cannot read the corpus {path} (one JSON object with a 'text' per line): {exc}")
+    if not texts:
+        sys.exit(f"bench engine: the corpus {path} has no texts")
+    if limit and limit < len(texts):
+        texts = [texts[i] for i in np.linspace(0, len(texts) - 1, limit).round().astype(int)]
+    return texts
+
+
+def _corpus_ids(source: Path, texts: list[str]) -> list[list[int]]:
+    """The texts through the model's own tokenizer, truncated at its max length as its library would."""
+    from transformers import AutoTokenizer
+
+    from ovembed.convert.export import inspect_source
+
+    max_length = inspect_source(source, str(source), None, None).max_length
+    tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
+    return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+
+
+def _source(args: argparse.Namespace) -> Path:
+    if args.bge_m3_architecture:
+        from ovembed.convert.synthetic import BGE_M3_ARCHITECTURE, build_m3_layout_model
+
+        source = Path(args.cache) / "bge-m3-architecture-random"
+        if not (source / "sparse_linear.pt").is_file():
+            print(f"[bench] building a random-weight BGE-M3 architecture model in {source}", file=sys.stderr)
+            build_m3_layout_model(source, **BGE_M3_ARCHITECTURE)
+        return source
+    if not args.source:
+        sys.exit("bench engine: give a source model folder or --bge-m3-architecture")
+    source = Path(args.source)
+    if not (source / "config.json").is_file():
+        sys.exit(f"bench engine: {source} is not a Hugging Face model folder (no config.json)")
+    return source
+
+
+def _plan(args: argparse.Namespace, source: Path, corpus_ids: list[list[int]] | None) -> dict:
+    """What every worker runs: the same shapes, the same ids."""
+    config = json.loads((source / "config.json").read_text())
+    return {"pad_id": int(config.get("pad_token_id") or 0), "vocab_high": min(int(config["vocab_size"]), 1000),
+            "hint": args.hint, "seconds": args.seconds, "min_runs": args.min_runs, "latency_tokens": args.latency_tokens,
+            "batches": args.batches, "throughput_tokens": args.throughput_tokens, "concurrency": args.concurrency,
+            "corpus_ids": corpus_ids, "corpus_batch": args.corpus_batch}
+
+
+def _long_for(backend: str, args: argparse.Namespace) -> int:
+    if backend == "pytorch":
+        return args.long_pytorch
+    return args.long if backend in peers.OPENVINO_BACKENDS else 0
+
+
+def _speedups(ours: dict, peer: dict) -> dict:
+    """How many times faster ours is than the peer (> 1: ours is faster): latency as the peer's p50 over
+    ours, throughput as ours over the peer's."""
+    def ratio(a: float, b: float) -> float:
+        return round(a / b, 2)
+
+    out: dict[str, object] = {
+        "latency_p50": {t: ratio(peer["latency"][t]["p50_ms"], r["p50_ms"]) for t, r in ours["latency"].items()},
+        "batch_texts_per_s": {b: ratio(r["texts_per_s"], peer["batch"][b]["texts_per_s"]) for b, r in ours["batch"].items()},
+        "concurrency_texts_per_s": {c: ratio(r["texts_per_s"], peer["concurrency"][c]["texts_per_s"])
+                                    for c, r in ours["concurrency"].items()},
+    }
+    if "corpus" in ours and "corpus" in peer:
+        out["corpus_tokens_per_s"] = ratio(ours["corpus"]["tokens_per_s"], peer["corpus"]["tokens_per_s"])
+    return out
+
+
+def _ratios(results: dict[str, dict]) -> dict[str, dict]:
+    ours = results.get(peers.OURS)
+    if ours is None or "error" in ours:
+        return {}
+    return {name: _speedups(ours, r) for name, r in results.items() if name != peers.OURS and "error" not in r}
+
+
+def _ratio_lines(ratios: dict[str, dict]) -> list[str]:
+    lines = []
+    for peer, r in ratios.items():
+        parts = ["latency p50 " + ", ".join(f"1x{t} {v}x" for t, v in r["latency_p50"].items()),
+                 "batch throughput " + ", ".join(f"b{b} {v}x" for b, v in r["batch_texts_per_s"].items()),
+                 "concurrent callers " + ", ".join(f"c{c} {v}x" for c, v in r["concurrency_texts_per_s"].items())]
+        if "corpus_tokens_per_s" in r:
+            parts.append(f"corpus tokens/s {r['corpus_tokens_per_s']}x")
+        lines.append(f"ours (int8) vs {peer} ({peers.LABELS[peer]}): " + "; ".join(parts))
+    return lines
+
+
+def _markdown(head: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _tables(results: dict[str, dict]) -> list[str]:
+    """Memory, latency, throughput and concurrency tables (markdown, as pasted into docs/)."""
+    ok = {name: r for name, r in results.items() if "error" not in r}
+    tables = []
+    if ok:
+        any_r = next(iter(ok.values()))
+        has_long = any("long" in r for r in ok.values())
+        memory = []
+        for name, r in ok.items():
+            row = [name, r["load_s"], r["rss_after_load_mb"], f"{r['rss_after_warmup_mb']} ({r['anon_after_warmup_mb']})",
+                   r["peak_rss_mb"]]
+            if has_long:
+                long = r.get("long")
+                row += [f"{long['tokens']}: {long['seconds']} s, {long['peak_rss_mb']} MB" if long else "–"]
+            memory.append(row)
+        tables.append(_markdown(["backend", "load s", "RSS load MB", "RSS warm MB (anon)", "peak MB"]
+                                + (["one long text"] if has_long else []), memory))
+        tables.append(_markdown(["backend"] + [f"1x{t} p50 / p95 / p99 ms" for t in any_r["latency"]],
+                                [[name] + [f"{x['p50_ms']} / {x['p95_ms']} / {x['p99_ms']}" for x in r["latency"].values()]
+                                 for name, r in ok.items()]))
+        corpus = "corpus" in any_r
+        tables.append(_markdown(
+            ["backend"] + [f"batch {b}: texts/s (tokens/s)" for b in any_r["batch"]]
+            + ([f"corpus ({any_r['corpus']['texts']} texts, {any_r['corpus']['tokens']} tokens): texts/s", "tokens/s"]
+               if corpus else []),
+            [[name] + [f"{x['texts_per_s']} ({x['tokens_per_s']})" for x in r["batch"].values()]
+             + ([r["corpus"]["texts_per_s"], r["corpus"]["tokens_per_s"]] if corpus else []) for name, r in ok.items()]))
+        tables.append(_markdown(["backend"] + [f"callers={c}: texts/s (p50 / p99 ms)" for c in any_r["concurrency"]],
+                                [[name] + [f"{x['texts_per_s']} ({x['p50_ms']} / {x['p99_ms']})"
+                                           for x in r["concurrency"].values()] for name, r in ok.items()]))
+    failed = [f"{name}: error: {r['error']}" for name, r in results.items() if "error" in r]
+    return tables + (["\n".join(failed)] if failed else [])
+
+
+def _engine(args: argparse.Namespace) -> None:
+    source = _source(args)
+    cache = Path(args.cache)
+    corpus_path = Path(args.corpus) if args.corpus else None
+    if corpus_path and not corpus_path.is_file():
+        sys.exit(f"bench engine: no corpus file {corpus_path} (give --corpus FILE, or --corpus '' to skip it)")
+    corpus_ids = _corpus_ids(source, _read_corpus(corpus_path, args.corpus_texts)) if corpus_path else None
+    plan = _plan(args, source, corpus_ids)
+    results: dict[str, dict] = {}
+    for backend in args.backends:
+        try:
+            path = _backend_path(backend, source, cache)
+        except Exception as exc:  # one peer that cannot be built must not cost the others' figures
+            results[backend] = {"error": f"cannot prepare {backend}: {type(exc).__name__}: {exc}"}
+            continue
+        results[backend] = _run_child({**plan, "backend": backend, "path": str(path), "long": _long_for(backend, args)})
+    ratios = _ratios(results)
+    report = {"machine": machine(), "name": args.name or source.name, "source": str(source),
+              "corpus": str(corpus_path) if corpus_path else None,
+              "workload": {k: v for k, v in plan.items() if k != "corpus_ids"}, "labels": peers.LABELS, "ours": peers.OURS,
+              "results": results, "ratios": ratios, "command": args.command_line}
+    print(f"machine: {report['machine']}")
+    print(f"model: {report['name']} from {source}   (every backend in its own process, on the same token ids)")
+    for name, r in results.items():
+        if "runner" in r:
+            print(f"  {name}: {peers.LABELS[name]} — {r['runner']}")
+    for table in _tables(results):
+        print()
+        print(table)
+    print()
+    for line in _ratio_lines(ratios) or ["no ratios: ours (int8) was not run or failed"]:
+        print(line)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.plots:
+        from ovembed.evaluate.plots import engine_plots
+
+        for path in engine_plots(report, Path(args.plots)):
+            print(f"plot: {path}")
 
 
 def machine() -> dict:
@@ -158,79 +406,8 @@ def machine() -> dict:
         pass
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     isa = [f for f in ("avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16") if f" {f}" in flags]
-    return {"cpu": cpu, "cores": os.cpu_count(), "isa": isa, "memory_gb": round(psutil.virtual_memory().total / 2**30),
+    return {"cpu": cpu, "cores": peers.cores(), "isa": isa, "memory_gb": round(psutil.virtual_memory().total / 2**30),
             "python": platform.python_version()}
-
-
-def _table(results: dict[str, dict], long: int) -> str:
-    batch, tokens = THROUGHPUT_SHAPE
-    latency = " | ".join(f"1x{t} p50/p95 ms" for t in LATENCY_SHAPES)
-    head = (f"| backend | load s | RSS load MB | RSS warm MB (anon) | peak MB | {latency} | "
-            f"{batch}x{tokens} texts/s | tokens/s |" + (f" 1x{long} s | 1x{long} peak MB |" if long else ""))
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for name, r in results.items():
-        if "error" in r:
-            lines.append(f"| {name} | error: {r['error']} |")
-            continue
-        lat = " | ".join(f"{r[f'1x{t}']['p50_ms']} / {r[f'1x{t}']['p95_ms']}" for t in LATENCY_SHAPES)
-        tp = r[f"{batch}x{tokens}"]
-        memory = f"{r['rss_after_load_mb']} | {r['rss_after_warmup_mb']} ({r['anon_after_warmup_mb']}) | {r['peak_rss_mb']}"
-        row = f"| {name} | {r['load_s']} | {memory} | {lat} | {tp['texts_per_s']} | {tp['tokens_per_s']} |"
-        if long:
-            lr = r.get(f"1x{long}")
-            row += f" {lr['seconds']} | {lr['peak_rss_mb']} |" if lr else " – | – |"
-        lines.append(row)
-    return "\n".join(lines)
-
-
-def _ratios(results: dict[str, dict]) -> list[str]:
-    batch, tokens = THROUGHPUT_SHAPE
-    ok = {k: v for k, v in results.items() if "error" not in v}
-    out = []
-    base = ok.get("pytorch-fp32")
-    for name, r in ok.items():
-        if base is None or name == "pytorch-fp32":
-            continue
-        q = base["1x16"]["p50_ms"] / r["1x16"]["p50_ms"]
-        t = r[f"{batch}x{tokens}"]["texts_per_s"] / base[f"{batch}x{tokens}"]["texts_per_s"]
-        out.append(f"{name}: {q:.1f}x PyTorch fp32 on a 16-token query (p50), {t:.1f}x on {batch}x{tokens} throughput")
-    if "openvino-int8" in ok and "openvino-int8-weights" in ok:
-        r = (ok["openvino-int8"][f"{batch}x{tokens}"]["texts_per_s"]
-             / ok["openvino-int8-weights"][f"{batch}x{tokens}"]["texts_per_s"])
-        out.append(f"openvino-int8: {r:.2f}x the throughput of openvino-int8-weights")
-    return out
-
-
-def _engine(args: argparse.Namespace) -> None:
-    cache = Path(args.cache)
-    if args.bge_m3_architecture:
-        from ovembed.convert.synthetic import BGE_M3_ARCHITECTURE, build_m3_layout_model
-
-        source = cache / "bge-m3-architecture-random"
-        if not (source / "sparse_linear.pt").is_file():
-            print(f"[bench] building a random-weight BGE-M3 architecture model in {source}", file=sys.stderr)
-            build_m3_layout_model(source, **BGE_M3_ARCHITECTURE)
-    elif args.source:
-        source = Path(args.source)
-    else:
-        sys.exit("bench engine: give a source model folder or --bge-m3-architecture")
-    precisions = [p for p in args.precisions.split(",") if p]
-    folders = _ensure_models(source, precisions, cache)
-    results: dict[str, dict] = {}
-    if not args.skip_pytorch:
-        results["pytorch-fp32"] = _run_child("pytorch", source, args, args.long_pytorch)
-    for precision, folder in folders.items():
-        results[f"openvino-{precision}"] = _run_child("openvino", folder, args, args.long)
-    report = {"machine": machine(), "source": str(source), "hint": args.hint, "results": results,
-              "command": "python -m ovembed.evaluate.bench " + " ".join(sys.argv[1:])}
-    long = args.long or args.long_pytorch
-    print(f"machine: {report['machine']}")
-    print(f"model: {source}  (OpenVINO performance hint {args.hint})")
-    print(_table(results, long))
-    for line in _ratios(results):
-        print(line)
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 
 
 # --- http: a running service under concurrent clients ------------------------------------------------
@@ -238,16 +415,6 @@ def _engine(args: argparse.Namespace) -> None:
 HTTP_TEXTS = 256  # distinct texts per token count, so no request repeats a recent one
 HTTP_TIMEOUT_S = 60.0
 ENGINE_BATCH = 32
-
-
-def _positive_ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
 
 
 def _token_counts(client, model: str | None, texts: list[str]) -> list[int] | None:
@@ -274,17 +441,6 @@ def _texts_of_tokens(client, model: str | None, tokens: int) -> tuple[list[str],
     texts = varied_texts(HTTP_TEXTS, words)
     counts = _token_counts(client, model, texts)
     return texts, (round(float(np.mean(counts)), 1) if counts else None)
-
-
-def _time_runs(run, seconds: float, min_runs: int, max_runs: int) -> list[float]:
-    """Milliseconds of run(i) for i = 0, 1, …: at least min_runs, then until `seconds` or max_runs."""
-    times: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while len(times) < min_runs or (time.perf_counter() < deadline and len(times) < max_runs):
-        t0 = time.perf_counter()
-        run(len(times))
-        times.append((time.perf_counter() - t0) * 1000)
-    return times
 
 
 def _engine_shape(model, texts: list[str], seconds: float) -> dict:
@@ -436,28 +592,65 @@ def _http(args: argparse.Namespace) -> None:
         comparison = _http_vs_engine(rows, engine)
         for line in comparison:
             print(line)
+    report = {"machine": machine(), "url": url, "model": args.model, "seconds": args.seconds,
+              "mean_tokens": {t: m for t, (_, m) in sized.items()}, "http": rows, "engine": engine,
+              "comparison": comparison, "command": args.command_line}
     if args.json:
-        report = {"machine": machine(), "url": url, "model": args.model, "seconds": args.seconds,
-                  "mean_tokens": {t: m for t, (_, m) in sized.items()}, "http": rows, "engine": engine,
-                  "comparison": comparison, "command": "python -m ovembed.evaluate.bench " + " ".join(sys.argv[1:])}
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.plots:
+        from ovembed.evaluate.plots import http_plots
+
+        for path in http_plots(report, Path(args.plots)):
+            print(f"plot: {path}")
+
+
+def _backend_names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in peers.LABELS]
+    if not names or unknown:
+        what = f"unknown backend {', '.join(unknown)}" if unknown else f"no backend in {text!r}"
+        raise argparse.ArgumentTypeError(f"{what}; choose from {', '.join(peers.LABELS)}")
+    return list(dict.fromkeys(names))
+
+
+def _check_engine_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Numbers argparse cannot bound by itself: refused with a usage message, not a traceback later."""
+    for name in ("seconds", "min_runs", "throughput_tokens", "corpus_batch"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    for name in ("corpus_texts", "long", "long_pytorch"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be 0 (off) or positive")
+    if min(args.throughput_tokens, *args.latency_tokens, *(n for n in (args.long, args.long_pytorch) if n)) < 3:
+        parser.error("texts need at least 3 tokens ([CLS] text [SEP])")
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m ovembed.evaluate.bench") -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog=prog)
     sub = parser.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("engine", help="PyTorch fp32 vs OpenVINO precisions, same weights, same run")
+    e = sub.add_parser("engine", help="ours vs PyTorch, ONNX Runtime and OpenVINO peers: same weights, same token ids")
     e.add_argument("source", nargs="?", help="Hugging Face model folder (the weights to compare)")
     e.add_argument("--bge-m3-architecture", action="store_true", help="build and use a random-weight BGE-M3 (568M)")
-    e.add_argument("--precisions", default="fp32,int8-weights,int8")
-    e.add_argument("--cache", default=".bench", help="where converted models are kept between runs")
-    e.add_argument("--seconds", type=float, default=5.0, help="time per shape (at least --min-runs runs)")
+    e.add_argument("--name", help="the model's name in the report and plots (default: the folder's name)")
+    e.add_argument("--backends", type=_backend_names, default=list(DEFAULT_BACKENDS),
+                   help=f"comma-separated, from {', '.join(peers.LABELS)} (default {','.join(DEFAULT_BACKENDS)})")
+    e.add_argument("--cache", default=".bench", help="where converted models and ONNX exports are kept between runs")
+    e.add_argument("--seconds", type=float, default=5.0, help="time per measurement (at least --min-runs runs)")
     e.add_argument("--min-runs", type=int, default=10)
-    e.add_argument("--hint", default="LATENCY", choices=["LATENCY", "THROUGHPUT"])
-    e.add_argument("--long", type=int, default=0, help="also time one text of this many tokens (OpenVINO)")
+    e.add_argument("--latency-tokens", type=_positive_ints, default=[16, 128, 512], help="1xN latency shapes (16,128,512)")
+    e.add_argument("--batches", type=_positive_ints, default=[1, 8, 32], help="throughput batch sizes (1,8,32)")
+    e.add_argument("--throughput-tokens", type=int, default=128, help="tokens per text for batches and concurrency")
+    e.add_argument("--concurrency", type=_positive_ints, default=[1, 4], help="concurrent callers, one text each (1,4)")
+    e.add_argument("--corpus", default=str(DEFAULT_CORPUS) if DEFAULT_CORPUS.is_file() else "",
+                   help="corpus.jsonl of real paragraphs for tokens/s (default: XQuAD en from ../shared/data; '' skips)")
+    e.add_argument("--corpus-texts", type=int, default=0, help="use this many paragraphs, spread over the file (0: all)")
+    e.add_argument("--corpus-batch", type=int, default=32, help="texts per call on the length-sorted corpus")
+    e.add_argument("--hint", default="LATENCY", choices=["LATENCY", "THROUGHPUT"], help="OpenVINO performance hint")
+    e.add_argument("--long", type=int, default=0, help="also time one text of this many tokens (OpenVINO backends)")
     e.add_argument("--long-pytorch", type=int, default=0, help="the same for PyTorch (slow)")
-    e.add_argument("--skip-pytorch", action="store_true")
     e.add_argument("--json", help="write the figures to this file")
+    e.add_argument("--plots", help="write PNG plots into this folder")
     e.set_defaults(func=_engine)
     h = sub.add_parser("http", help="a running service under N concurrent clients (optionally vs the engine)")
     h.add_argument("--url", required=True, help="the service, e.g. http://127.0.0.1:8019")
@@ -468,16 +661,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m ovembed.evaluate.
     h.add_argument("--engine-model", help="also time this model folder in-process on the same texts, before the load")
     h.add_argument("--api-key", help="Bearer key (default: env OVEMBED_API_KEY)")
     h.add_argument("--json", help="write the figures to this file")
+    h.add_argument("--plots", help="write PNG plots into this folder")
     h.set_defaults(func=_http)
     w = sub.add_parser("_worker")
-    w.add_argument("--backend", required=True)
-    w.add_argument("--path", required=True)
-    w.add_argument("--seconds", type=float, default=5.0)
-    w.add_argument("--min-runs", type=int, default=10)
-    w.add_argument("--hint", default="LATENCY")
-    w.add_argument("--long", type=int, default=0)
+    w.add_argument("--plan", required=True, help="JSON file written by `engine`")
     w.set_defaults(func=_worker)
     args = parser.parse_args(argv)
+    args.command_line = f"{prog} {shlex.join(argv)}"
+    if args.command == "engine":
+        _check_engine_args(e, args)
     args.func(args)
 
 
