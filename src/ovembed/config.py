@@ -25,16 +25,27 @@ class Settings(BaseSettings):
     performance_hint: str = "LATENCY"
     api_keys: CommaList = Field(default_factory=list)
     max_texts: int = Field(256, ge=1)  # texts per request
+    # Characters per text and per request (413 beyond): tokenizing takes ~100-250 bytes per character.
+    max_text_chars: int = Field(100_000, ge=1)
+    max_request_chars: int = Field(1_000_000, ge=1)
     max_body_bytes: int = Field(16 * 2**20, ge=1024)
     max_queue_texts: int = Field(4096, ge=1)  # pending texts per model before 503 + Retry-After
     # Extra wait for companions before an engine call. 0: dispatch at once when idle, and merge whatever
     # queued while the engine was busy, so a lone query pays no wait and load still gets large batches.
     batch_wait_ms: float = Field(0.0, ge=0)
     batch_tokens: int = Field(16384, ge=64)  # token budget per inference batch
+    # Input shapes whose prepared kernels OpenVINO keeps; OpenVINO's own default (5000) let RSS grow under mixed lengths.
+    shape_cache: int = Field(128, ge=0)
+    # Hash every model file against ovembed.json at load (~1 GB/s: +0.5 s for BGE-M3 int8). Sizes are always checked.
+    verify_checksums: bool = True
     cors_origins: CommaList = Field(default_factory=list)  # off unless set
     log_level: str = "info"
     log_json: bool = True
     graceful_timeout_s: float = Field(30.0, ge=0)
+    # Slowloris bounds: a connection must send a request's headers within header_timeout_s (of connecting,
+    # or of its previous response) and its whole body within body_timeout_s, else it is closed (408 for a body).
+    header_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(60.0, gt=0)
 
     @field_validator("models", "api_keys", "cors_origins", mode="before")
     @classmethod

@@ -5,9 +5,11 @@ complete and verified, so a failed or interrupted run never leaves a loadable ha
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sys
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -78,26 +80,32 @@ def run_quantize(
     source = export.inspect_source(folder, model_id, revision, max_length)
     output = Path(output) if output else default_output(model_id, precision)
     staging = output.parent / f".{output.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    with _writing(output):
+        _remove_stale(output)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
     try:
-        manifest, failures = _build(source, staging, precision, calibration, thresholds or verify.GateThresholds())
+        manifest, failures = _build(source, staging, output, precision, calibration,
+                                    thresholds or verify.GateThresholds())
         if failures and gate:
             raise OvembedError(
                 ErrorKind.GATE_FAILED,
                 f"{model_id} at {precision} failed the accuracy gate ({'; '.join(failures)}); "
                 f"nothing was written to {output}. Try --precision int8-weights, or --no-gate to keep it anyway.",
             )
-        _publish(staging, output)
+        with _writing(output):
+            _publish(staging, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest, output, failures
 
 
-def _build(source, staging: Path, precision: str, calibration: Path | None, thresholds) -> tuple[Manifest, list[str]]:
+def _build(source, staging: Path, output: Path, precision: str, calibration: Path | None,
+           thresholds) -> tuple[Manifest, list[str]]:
     log(f"loading {source.model_id} ({source.layout} layout, {source.pooling} pooling) with PyTorch")
     encoder = export.load_encoder(source)
-    tokenizer_info = export.copy_tokenizer(source, staging)
+    with _writing(output):
+        tokenizer_info = export.copy_tokenizer(source, staging)
     log(f"exporting to OpenVINO (max length {source.max_length})")
     ov_model = export.export_openvino(encoder, source.max_length)
     tables = recipes.quantize_table(export.token_table(encoder), precision)
@@ -110,7 +118,8 @@ def _build(source, staging: Path, precision: str, calibration: Path | None, thre
     elif precision == "int8-weights":
         log("quantizing: NNCF weight-only INT8 (asymmetric, per channel)")
     ov_model = recipes.compress(ov_model, precision, tables, calibration_ids)
-    recipes.save(ov_model, tables, staging, precision)
+    with _writing(output):
+        recipes.save(ov_model, tables, staging, precision)
     del ov_model
 
     names = [r for r in ["dense", "sparse", "colbert"] if source.layout == "m3" or r == "dense"]
@@ -133,8 +142,11 @@ def _build(source, staging: Path, precision: str, calibration: Path | None, thre
         tool_versions=tool_versions(),
         **tokenizer_info,
     )
-    manifest.files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.name != MANIFEST_NAME}
-    manifest.write(staging)
+    written = [p for p in sorted(staging.iterdir()) if p.name != MANIFEST_NAME]
+    manifest.files = {p.name: sha256_file(p) for p in written}
+    manifest.sizes = {p.name: p.stat().st_size for p in written}
+    with _writing(output):
+        manifest.write(staging)
 
     log("verifying against the fp32 PyTorch reference")
     texts = builtin_texts("verification.txt")
@@ -152,8 +164,61 @@ def _build(source, staging: Path, precision: str, calibration: Path | None, thre
         "passed": not failures,
     }
     manifest.verification = report
-    manifest.write(staging)
+    with _writing(output):
+        manifest.write(staging)
     return manifest, failures
+
+
+@contextmanager
+def _writing(output: Path):
+    """Turn a failed write (disk full, file size limit, permissions) into one clear error.
+
+    OpenVINO reports a failed write as RuntimeError('basic_ios::clear: iostream error') and NumPy as an
+    OSError without errno ('N requested and M written'), so any failure of these steps is a write failure."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        where = output.parent if output.parent.exists() else Path.cwd()
+        try:
+            free = f"{shutil.disk_usage(where).free / 2**20:,.0f} MiB free there"
+        except OSError:
+            free = "free space unknown"
+        code = getattr(exc, "errno", None)
+        if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+            hint = "check the folder's permissions or choose another --output"
+        else:
+            hint = f"is the disk full? ({free}); a model needs about twice its size while it is built"
+        reason = " ".join((getattr(exc, "strerror", None) or str(exc) or type(exc).__name__).split())
+        kept = " (the model already there is unchanged)" if output.exists() else ""
+        raise OvembedError(
+            ErrorKind.UNAVAILABLE,
+            f"cannot write the model for {output}: write failed ({reason}); {hint}. Nothing was published at {output}{kept}",
+        ) from None
+
+
+def _remove_stale(output: Path) -> None:
+    """Clean up after a killed run (its process is gone): remove its staging folder, and put back a model it
+    had moved aside to publish (`.NAME.previous-PID`) if nothing took its place."""
+    if not output.parent.is_dir():
+        return
+    for stale in sorted(output.parent.glob(f".{output.name}.*-*")):
+        kind, _, pid = stale.name[len(output.name) + 2:].rpartition("-")
+        if kind not in ("partial", "previous") or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        if kind == "previous" and not output.exists():
+            stale.rename(output)
+        else:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _publish(staging: Path, output: Path) -> None:
@@ -162,5 +227,10 @@ def _publish(staging: Path, output: Path) -> None:
     previous = output.parent / f".{output.name}.previous-{os.getpid()}"
     if output.exists():
         output.rename(previous)
-    staging.rename(output)
+    try:
+        staging.rename(output)
+    except OSError:
+        if previous.exists():
+            previous.rename(output)  # put the old model back
+        raise
     shutil.rmtree(previous, ignore_errors=True)

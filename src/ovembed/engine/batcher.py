@@ -65,7 +65,9 @@ class TokenBudgetBatcher:
     up to `max_wait_ms` for companions); while it is busy, new callers queue and are merged into the
     next call. The engine then packs the merged texts into length-sorted token-budget batches.
     Results go back to each caller in its own order. The queue is bounded in texts: past
-    `max_queue_texts` a submit raises Overloaded instead of growing memory."""
+    `max_queue_texts` a submit raises Overloaded instead of growing memory (a single request larger
+    than the bound is still admitted when the queue is empty, so the queue never holds more than
+    max(max_queue_texts, texts per request))."""
 
     def __init__(self, model, max_wait_ms: float = 0.0, max_queue_texts: int = 4096, on_dispatch=None):
         self.model = model
@@ -75,6 +77,7 @@ class TokenBudgetBatcher:
         self._on_dispatch = on_dispatch  # callback(sequences, tokens) for metrics
         self._jobs: deque[_Job] = deque()
         self._pending_texts = 0
+        self.high_water = 0  # most texts ever queued at once (the soak test checks it against the bound)
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{model.manifest.name}", daemon=True)
@@ -94,6 +97,7 @@ class TokenBudgetBatcher:
                 raise Overloaded(f"{self._pending_texts} texts are already queued")
             self._jobs.append(job)
             self._pending_texts += len(ids)
+            self.high_water = max(self.high_water, self._pending_texts)
             self._cond.notify()
         return job.future
 

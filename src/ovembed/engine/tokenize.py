@@ -15,7 +15,10 @@ class TextTokenizer:
         if not path.is_file():
             raise OvembedError(ErrorKind.MODEL_INVALID, f"{folder} has no tokenizer.json")
         self.max_length = max_length
-        self._tok = Tokenizer.from_file(str(path))
+        try:
+            self._tok = Tokenizer.from_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - `tokenizers` raises plain Exception for a malformed file
+            raise OvembedError(ErrorKind.MODEL_INVALID, f"{folder}: cannot read tokenizer.json: {exc}") from None
         # Padding is done by the engine per batch; truncation here keeps the closing special token.
         self._tok.no_padding()
         self._tok.enable_truncation(max_length=max_length)

@@ -4,11 +4,15 @@ Three stages overlap so the engine stays busy: a reader pages through chunks tha
 target (keyset pagination from the last checkpoint), the embedder embeds each page (identical texts
 once), a writer upserts the vectors and advances the checkpoint. A crash or Ctrl-C at any point loses
 nothing: written vectors are never rewritten (the reader skips them) and upserts are idempotent. Search
-keeps using the active space; the target is activated only on request and only when complete."""
+keeps using the active space; the target is activated only on request and only when complete.
+
+A database that goes away mid-job (a PostgreSQL restart or failover) is waited for: the run reconnects with
+exponential backoff and resumes from the checkpoint, giving up after `retries` attempts in a row without progress."""
 
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -16,10 +20,14 @@ from dataclasses import asdict, dataclass
 
 from tqdm import tqdm
 
+from ovembed.errors import ErrorKind, OvembedError
 from ovembed.rag import Embedder
 from ovembed.store import Chunk, Space, Store, VectorRow, open_store
 
 _DONE = object()
+RETRIES = 8  # reconnect attempts in a row without progress before giving up
+BACKOFF_S = 0.5  # first wait; doubles per attempt
+BACKOFF_MAX_S = 15.0  # 0.5+1+2+4+8+15+15+15: about a minute of outage is ridden out
 
 
 @dataclass
@@ -31,6 +39,7 @@ class ReembedStats:
     already: int  # chunks that had a vector in the target before this run
     seconds: float
     activated: bool
+    retries: int = 0  # reconnections after a lost database connection
 
     @property
     def rows_per_s(self) -> float:
@@ -105,27 +114,74 @@ def finish_job(store: Store, space: str, activate: bool) -> bool:
 
 
 def reembed(db: str, embedder: Embedder, batch: int = 256, activate: bool = False, progress: bool = True,
-            stop: threading.Event | None = None) -> ReembedStats:
-    """Fill `embedder.space` in the store at `db`; resumes where an earlier run stopped."""
+            stop: threading.Event | None = None, retries: int = RETRIES) -> ReembedStats:
+    """Fill `embedder.space` in the store at `db`; resumes where an earlier run stopped.
+
+    A lost database connection (`transient` errors, see store.postgres.ConnectionLost) after the job has
+    started is retried: new connections, from the checkpoint, after 0.5, 1, 2, ... (at most 15) seconds."""
+    halt = stop or threading.Event()
+    cache = _TextCache()  # kept across attempts: what was embedded before a failure is not embedded again
+    state = _Attempts()
+    started = time.perf_counter()
+    while True:
+        try:
+            return _attempt(db, embedder, batch, activate, progress, halt, cache, state, started)
+        except OvembedError as exc:
+            if not getattr(exc, "transient", False) or state.first is None or halt.is_set():
+                raise  # a database that never answered is a configuration error, not a fault to wait out
+            if state.written > state.written_at_failure:
+                state.failures = 0  # progress since the last failure: a new outage gets the full budget
+            state.written_at_failure = state.written
+            state.failures += 1
+            if state.failures > retries:
+                raise OvembedError(ErrorKind.UNAVAILABLE, f"{exc}; gave up after {retries} retries without progress. "
+                                   "Nothing is lost: run the same command again to resume from the checkpoint") from None
+            state.retries += 1
+            delay = min(BACKOFF_MAX_S, BACKOFF_S * 2 ** (state.failures - 1))
+            tqdm.write(f"reembed: {exc}; retrying in {delay:.1f} s ({state.failures}/{retries}), "
+                       "resuming from the checkpoint", file=sys.stderr)
+            if halt.wait(delay):
+                raise
+
+
+@dataclass
+class _Attempts:
+    """What the runs of one reembed call add up to."""
+
+    first: JobStart | None = None  # the first run's start: its counts are the ones reported
+    written: int = 0
+    reused: int = 0
+    failures: int = 0  # in a row, without progress
+    written_at_failure: int = 0
+    retries: int = 0
+
+
+def _attempt(db: str, embedder: Embedder, batch: int, activate: bool, progress: bool, halt: threading.Event,
+             cache: _TextCache, state: _Attempts, started: float) -> ReembedStats:
+    """One run: read -> embed -> write until no chunk lacks a vector, or the first error."""
     target = embedder.space
-    reader_store, writer_store = open_store(db), open_store(db)  # one connection per stage
+    reader_store = open_store(db)
+    try:
+        writer_store = open_store(db)  # one connection per stage
+    except BaseException:
+        reader_store.close()
+        raise
     try:
         begin = start_job(writer_store, target)
+        state.first = state.first or begin
         job, after_id, done_before = begin.job, begin.after_id, begin.done_before
         bar = tqdm(total=begin.chunks, initial=begin.already, unit="chunk", desc=f"reembed {target.name}",
                    disable=not progress, smoothing=0.1)
         pages: queue.Queue = queue.Queue(maxsize=2)
         results: queue.Queue = queue.Queue(maxsize=2)
         errors: list[BaseException] = []
-        written = reused = 0
-        started = time.perf_counter()
-
-        halt = stop or threading.Event()
+        written = 0
+        quit_run = threading.Event()  # this run's reader stops; `halt` (the caller's stop) ends the whole job
 
         def read() -> None:
             try:
                 for page in reader_store.iter_missing(target.name, batch, after_id=after_id):
-                    if halt.is_set():
+                    if halt.is_set() or quit_run.is_set():
                         break
                     pages.put(page)
             except BaseException as exc:
@@ -134,12 +190,14 @@ def reembed(db: str, embedder: Embedder, batch: int = 256, activate: bool = Fals
                 pages.put(_DONE)
 
         def write() -> None:
-            nonlocal written, reused
+            nonlocal written
             try:
                 while (item := results.get()) is not _DONE:
                     page, rows, page_reused = item
-                    written += writer_store.put_vectors(target.name, rows)
-                    reused += page_reused
+                    count = writer_store.put_vectors(target.name, rows)
+                    written += count
+                    state.written += count
+                    state.reused += page_reused
                     writer_store.set_checkpoint(job, page[-1].id, done_before + written)
                     bar.update(len(rows))
             except BaseException as exc:
@@ -151,7 +209,6 @@ def reembed(db: str, embedder: Embedder, batch: int = 256, activate: bool = Fals
         writer = threading.Thread(target=write, name="reembed-write", daemon=True)
         reader.start()
         writer.start()
-        cache = _TextCache()
         page = None
         try:
             while (page := pages.get()) is not _DONE:
@@ -161,7 +218,7 @@ def reembed(db: str, embedder: Embedder, batch: int = 256, activate: bool = Fals
                 results.put((page, rows, page_reused))
         finally:
             # On an error or Ctrl-C here: stop the reader, let the writer finish what is embedded.
-            halt.set()
+            quit_run.set()
             while page is not _DONE:
                 page = pages.get()
             results.put(_DONE)
@@ -171,8 +228,9 @@ def reembed(db: str, embedder: Embedder, batch: int = 256, activate: bool = Fals
         if errors:
             raise errors[0]
         activated = finish_job(writer_store, target.name, activate)
-        return ReembedStats(target.name, begin.chunks, written, reused, begin.already,
-                            round(time.perf_counter() - started, 3), activated)
+        first = state.first
+        return ReembedStats(target.name, first.chunks, state.written, state.reused, first.already,
+                            round(time.perf_counter() - started, 3), activated, state.retries)
     finally:
         reader_store.close()
         writer_store.close()

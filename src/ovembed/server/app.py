@@ -47,12 +47,13 @@ def create_app(settings: Settings) -> FastAPI:
         # Uvicorn has already drained in-flight requests; finish whatever is still queued, then stop.
         await asyncio.to_thread(registry.close)
 
-    app = FastAPI(title="ovembed", version=__version__, lifespan=lifespan, default_response_class=JSONResponse)
+    app = FastAPI(title="ovembed", version=__version__, lifespan=lifespan, default_response_class=JSONResponse,
+                  responses=schemas.ERRORS)
     app.state.registry = registry
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["authorization", "content-type", "x-request-id"])
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     app.add_middleware(ApiKeys, keys=settings.api_keys)
     app.add_middleware(Observability, metrics=metrics)  # outermost: sees 401s and 413s too
 
@@ -86,9 +87,22 @@ def create_app(settings: Settings) -> FastAPI:
         log.exception("unhandled error", extra={"path": request.url.path})
         return error_response(request.url.path, ErrorKind.BACKEND, f"internal error: {type(exc).__name__}")
 
-    async def embed(entry: ModelEntry, texts: list[str], wanted: list[str], normalize: bool, truncate: bool) -> Embeddings:
+    def check_sizes(texts: list[str]) -> None:
+        """Counts and characters are bounded before tokenizing: the tokenizer needs ~100-250 bytes of memory
+        per character of a text, so 16 MB of text would briefly take gigabytes (and half a minute)."""
         if len(texts) > settings.max_texts:
             raise validation(f"{len(texts)} texts in one request; the limit is {settings.max_texts}")
+        longest = max(range(len(texts)), key=lambda i: len(texts[i]), default=None)
+        if longest is not None and len(texts[longest]) > settings.max_text_chars:
+            raise OvembedError(ErrorKind.INPUT_TOO_LONG, f"text {longest} has {len(texts[longest])} characters; the "
+                               f"limit is {settings.max_text_chars} per text: split it")
+        total = sum(len(t) for t in texts)
+        if total > settings.max_request_chars:
+            raise OvembedError(ErrorKind.INPUT_TOO_LONG, f"{total} characters in one request; the limit is "
+                               f"{settings.max_request_chars}: send fewer texts per request")
+
+    async def embed(entry: ModelEntry, texts: list[str], wanted: list[str], normalize: bool, truncate: bool) -> Embeddings:
+        check_sizes(texts)
         entry = await registry.ready(entry)
         entry.model.require_outputs(wanted)
         if sum(len(t) for t in texts) < INLINE_TOKENIZE_CHARS:
@@ -163,7 +177,7 @@ def create_app(settings: Settings) -> FastAPI:
             body["colbert"] = result.colbert
         return JSONResponse(body)
 
-    @app.post("/v1/embeddings", response_model=schemas.OpenAIEmbeddingResponse)
+    @app.post("/v1/embeddings", response_model=schemas.OpenAIEmbeddingResponse, responses=schemas.OPENAI_ERRORS)
     async def openai_embeddings(req: schemas.OpenAIEmbeddingRequest):
         texts = [req.input] if isinstance(req.input, str) else req.input
         if not texts:
@@ -184,7 +198,7 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"object": "list", "data": data, "model": req.model or entry.model_id,
                              "usage": usage(result)})
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=schemas.OPENAI_ERRORS)
     async def openai_models():
         return {"object": "list", "data": [
             {"id": e.model_id, "object": "model", "created": 0, "owned_by": "ovembed", "aliases": [e.name, *e.aliases]}
@@ -225,8 +239,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.post("/tokenize", response_model=schemas.TokenizeResponse)
     async def tokenize(req: schemas.TokenizeRequest):
-        if len(req.texts) > settings.max_texts:
-            raise validation(f"{len(req.texts)} texts in one request; the limit is {settings.max_texts}")
+        check_sizes(req.texts)
         entry = await registry.ready(registry.get(req.model))
         tokenizer = entry.model.tokenizer
         ids, full = await asyncio.to_thread(tokenizer.encode_with_lengths, req.texts, req.truncate)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import orjson
-from starlette.responses import Response
+from starlette import responses
 
 from ovembed.errors import ErrorKind
 
@@ -23,23 +23,27 @@ STATUS = {
 RETRY_AFTER = {ErrorKind.OVERLOADED: "1", ErrorKind.UNAVAILABLE: "5"}
 
 
-class JSONResponse(Response):
-    """orjson, with NumPy arrays serialised natively: 1024 floats in microseconds, not milliseconds."""
+class JSONResponse(responses.JSONResponse):
+    """orjson, with NumPy arrays serialised natively: 1024 floats in microseconds, not milliseconds.
 
-    media_type = "application/json"
+    A JSONResponse subclass, so FastAPI documents the routes' response models in the OpenAPI schema."""
 
     def render(self, content) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def error_response(path: str, kind: ErrorKind, message: str, status: int | None = None) -> JSONResponse:
+def error_response(path: str, kind: ErrorKind, message: str, status: int | None = None,
+                   close: bool = False) -> JSONResponse:
+    """`close`: end the connection after this answer (the rest of the request will not be read)."""
     status = status or STATUS.get(kind, 500)
     headers = {"Retry-After": RETRY_AFTER[kind]} if kind in RETRY_AFTER else {}
+    if close:
+        headers["Connection"] = "close"
     if kind is ErrorKind.UNAUTHORIZED:
         headers["WWW-Authenticate"] = "Bearer"
     if path.startswith("/v1/"):
-        if kind is ErrorKind.VALIDATION:
-            status = 400  # OpenAI's code for invalid requests
+        if kind is ErrorKind.VALIDATION and status == 422:
+            status = 400  # OpenAI's code for invalid requests (415, 405, 408 keep their meaning)
         kind_type = "invalid_request_error" if status < 500 else "server_error"
         if kind is ErrorKind.UNAUTHORIZED:
             kind_type = "authentication_error"

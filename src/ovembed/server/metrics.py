@@ -18,6 +18,10 @@ class Metrics:
             "ovembed_request_duration_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
         )
         self.queue_depth = Gauge("ovembed_queue_texts", "texts waiting for the batcher", ["model"], registry=r)
+        self.queue_high_water = Gauge("ovembed_queue_texts_high_water", "most texts ever queued at once", ["model"],
+                                      registry=r)
+        self.queue_limit = Gauge("ovembed_queue_limit_texts", "queued texts past which requests get 503", ["model"],
+                                 registry=r)
         self.batch_sequences = Histogram(
             "ovembed_batch_sequences", "texts per merged engine call", ["model"], buckets=SEQUENCE_BUCKETS, registry=r
         )
@@ -27,6 +31,12 @@ class Metrics:
         self.tokens = Counter("ovembed_tokens_embedded", "tokens embedded", ["model"], registry=r)
         self.load_seconds = Gauge("ovembed_model_load_seconds", "time to load a model", ["model"], registry=r)
         self.overloaded = Counter("ovembed_overloaded", "requests refused with 503 (queue full)", ["model"], registry=r)
+
+    def watch_queue(self, model: str, batcher) -> None:
+        """Read the batcher's queue at every scrape: depth, high-water mark and bound."""
+        self.queue_depth.labels(model).set_function(lambda: batcher.pending_texts)
+        self.queue_high_water.labels(model).set_function(lambda: batcher.high_water)
+        self.queue_limit.labels(model).set(batcher.max_queue_texts)
 
     def dispatch_recorder(self, model: str):
         def record(sequences: int, tokens: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -35,7 +36,7 @@ class Observability:
             return await self.app(scope, receive, send)
         request_id = (_header(scope, b"x-request-id") or uuid.uuid4().hex)[:64]
         scope.setdefault("state", {})["request_id"] = request_id
-        status = 500
+        status = 499  # nginx's "client closed request": the client left before any answer was sent
         started = time.perf_counter()
 
         async def send_with_id(message):
@@ -47,6 +48,9 @@ class Observability:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except BaseException:
+            status = 500 if status == 499 else status
+            raise
         finally:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "unmatched")
@@ -82,11 +86,13 @@ class ApiKeys:
 
 
 class BodyLimit:
-    """Refuses bodies over `max_bytes` with 413, by Content-Length or by counting what arrives."""
+    """Refuses bodies over `max_bytes` with 413, by Content-Length or by counting what arrives, and bodies
+    not fully received within `timeout_s` with 408 and a closed connection (slowloris)."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, timeout_s: float = 60.0):
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -97,8 +103,15 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await too_large(scope, receive, send)
         chunks, size = [], 0
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
         while True:
-            message = await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                too_slow = error_response(scope["path"], ErrorKind.VALIDATION, f"request body not received within "
+                                          f"{self.timeout_s:g} s", 408, close=True)
+                return await too_slow(scope, receive, send)
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")

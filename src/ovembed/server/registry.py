@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from ovembed.engine.batcher import TokenBudgetBatcher
 from ovembed.errors import ErrorKind, OvembedError
 from ovembed.models import MANIFEST_NAME, Manifest
 from ovembed.server.metrics import Metrics
+
+log = logging.getLogger("ovembed.server")
 
 
 @dataclass
@@ -46,7 +49,8 @@ def find_folder(spec: str, models_dir: Path) -> Path | None:
     if not models_dir.is_dir():
         return None
     matches = []
-    for folder in sorted(p.parent for p in models_dir.glob(f"*/{MANIFEST_NAME}")):
+    # Hidden folders are skipped: `ovembed quantize` builds in `.NAME.partial-PID` (a crash can leave one).
+    for folder in sorted(p.parent for p in models_dir.glob(f"[!.]*/{MANIFEST_NAME}")):
         if folder.name == spec:
             return folder
         try:
@@ -105,23 +109,29 @@ class ModelRegistry:
                 return
             entry.state = "loading"
             started = time.perf_counter()
+            # Nothing is attached to the entry until every part is built: a failed load leaves nothing that serves.
             try:
                 model = EmbeddingModel(
                     entry.folder,
                     budget=TokenBudget(tokens=self.settings.batch_tokens, attention=self.settings.batch_tokens * 512),
                     performance_hint=self.settings.performance_hint,
                     infer_requests=self.settings.workers_infer,
+                    verify_checksums=self.settings.verify_checksums,
+                    shape_cache=self.settings.shape_cache,
                 )
-            except OvembedError as exc:
-                entry.state, entry.error = "error", str(exc)
+                batcher = TokenBudgetBatcher(
+                    model,
+                    max_wait_ms=self.settings.batch_wait_ms,
+                    max_queue_texts=self.settings.max_queue_texts,
+                    on_dispatch=self.metrics.dispatch_recorder(entry.name),
+                )
+            except Exception as exc:  # noqa: BLE001 - any failure marks this model failed; the others keep loading
+                reason = str(exc) if isinstance(exc, OvembedError) else f"unexpected {type(exc).__name__}: {exc}"
+                entry.state, entry.error = "error", reason
+                log.error("model unavailable: %s: %s", entry.spec, reason, extra={"model": entry.spec, "error": reason})
                 return
-            entry.model = model
-            entry.batcher = TokenBudgetBatcher(
-                model,
-                max_wait_ms=self.settings.batch_wait_ms,
-                max_queue_texts=self.settings.max_queue_texts,
-                on_dispatch=self.metrics.dispatch_recorder(entry.name),
-            )
+            entry.model, entry.batcher = model, batcher
+            self.metrics.watch_queue(entry.name, entry.batcher)
             entry.load_seconds = round(time.perf_counter() - started, 3)
             self.metrics.load_seconds.labels(entry.name).set(entry.load_seconds)
             entry.state = "ready"

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _encodable(text: str) -> str:
+    # JSON may carry lone UTF-16 surrogates ("\\ud800"): valid JSON, but not text a tokenizer can take.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"text is not valid Unicode: a lone surrogate at character {exc.start}") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
 
 
 class _Request(BaseModel):
@@ -14,7 +26,7 @@ class _Request(BaseModel):
 class EmbeddingsRequest(_Request):
     """POST /embeddings — the legacy contract."""
 
-    texts: list[str] = Field(min_length=1)
+    texts: list[Text] = Field(min_length=1)
     normalize: bool = True
     model: str | None = None
     return_sparse: bool = False
@@ -46,7 +58,7 @@ class OpenAIEmbeddingRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    input: str | list[str] | list[int] | list[list[int]]
+    input: Text | list[Text] | list[int] | list[list[int]]
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
@@ -69,7 +81,7 @@ class OpenAIEmbeddingResponse(BaseModel):
 class SparseRequest(_Request):
     """POST /embed_sparse — TEI's shape."""
 
-    inputs: str | list[str]
+    inputs: Text | list[Text]
     truncate: bool = True
     model: str | None = None
 
@@ -80,14 +92,15 @@ class SparseValue(BaseModel):
 
 
 class RerankWeights(_Request):
-    dense: float = Field(0.4, ge=0)
-    sparse: float = Field(0.2, ge=0)
-    colbert: float = Field(0.4, ge=0)
+    # Relative weights: finite and bounded, so their sum (the combined score's divisor) stays finite.
+    dense: float = Field(0.4, ge=0, le=1e6, allow_inf_nan=False)
+    sparse: float = Field(0.2, ge=0, le=1e6, allow_inf_nan=False)
+    colbert: float = Field(0.4, ge=0, le=1e6, allow_inf_nan=False)
 
 
 class RerankRequest(_Request):
-    query: str
-    texts: list[str] = Field(min_length=1)
+    query: Text
+    texts: list[Text] = Field(min_length=1)
     weights: RerankWeights | None = None
     top_n: int | None = Field(None, ge=1)
     model: str | None = None
@@ -109,7 +122,7 @@ class RerankResponse(BaseModel):
 
 
 class TokenizeRequest(_Request):
-    texts: list[str] = Field(min_length=1)
+    texts: list[Text] = Field(min_length=1)
     model: str | None = None
     truncate: bool = True
     return_offsets: bool = False  # character spans of the tokens, special tokens excluded, never truncated
@@ -121,7 +134,8 @@ class TokenizeResponse(BaseModel):
     tokens: list[list[int]]
     counts: list[int]
     truncated: list[bool]
-    offsets: list[list[tuple[int, int]]] | None = None
+    # [start, end) character spans; a list of two, as tuple[int, int] gives an OpenAPI schema tools reject.
+    offsets: list[list[Annotated[list[int], Field(min_length=2, max_length=2)]]] | None = None
 
 
 class ModelInfo(BaseModel):
@@ -152,3 +166,30 @@ class Health(BaseModel):
     status: Literal["ok", "loading", "error"]
     detail: str | None = None
     models: dict[str, str]
+
+
+class Error(BaseModel):
+    """Every error outside /v1: a kind (see ovembed.errors.ErrorKind) and a message naming the problem."""
+
+    error: str
+    detail: str
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIError(BaseModel):
+    """Every error under /v1, in OpenAI's shape."""
+
+    error: OpenAIErrorDetail
+
+
+# Declared on every route, so the OpenAPI document describes the errors actually sent.
+ERRORS: dict = {"4XX": {"model": Error, "description": "Client error"},
+                "5XX": {"model": Error, "description": "Unavailable, overloaded or failed"}}
+OPENAI_ERRORS: dict = {"4XX": {"model": OpenAIError, "description": "Client error"},
+                       "5XX": {"model": OpenAIError, "description": "Unavailable, overloaded or failed"}}

@@ -49,14 +49,22 @@ CHUNK_COLUMNS = "c.id, c.doc_id, c.seq, c.text, c.content_hash, c.metadata"
 SPACE_COLUMNS = "name, model_id, precision, dimension, model_ref, sparse"
 
 
+class ConnectionLost(OvembedError):
+    """PostgreSQL could not be reached or the connection broke (a restart, a failover, the network). The
+    statement's transaction did not commit, or committed without the answer arriving: a caller whose work is
+    idempotent (reembed) may open a new store and carry on. `transient` marks errors worth retrying."""
+
+    transient = True
+
+
 class PostgresStore(Store):
     def __init__(self, url: str):
-        where = redact(url)
+        self.where = where = redact(url)
         try:
             self.conn = psycopg.connect(url, connect_timeout=5)
         except psycopg.Error as exc:
             reason = " ".join(str(exc).split())
-            raise OvembedError(ErrorKind.UNAVAILABLE, f"cannot connect to PostgreSQL at {where}: {reason}") from None
+            raise ConnectionLost(ErrorKind.UNAVAILABLE, f"cannot connect to PostgreSQL at {where}: {reason}") from None
         # psycopg serialises statements, not transactions: threads sharing this store take turns per transaction.
         self._lock = threading.RLock()
         self._space_locks: dict[str, threading.Lock] = {}
@@ -70,8 +78,16 @@ class PostgresStore(Store):
 
     @contextmanager
     def _tx(self) -> Iterator[psycopg.Connection]:
-        with self._lock, self.conn.transaction():
-            yield self.conn
+        with self._lock:
+            try:
+                with self.conn.transaction():
+                    yield self.conn
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                if not (self.conn.closed or self.conn.broken):
+                    raise  # e.g. a deadlock or a cancelled statement: the connection itself is fine
+                reason = " ".join(str(exc).split())
+                raise ConnectionLost(ErrorKind.UNAVAILABLE,
+                                     f"lost the connection to PostgreSQL at {self.where}: {reason}") from None
 
     def _migrate(self, where: str) -> None:
         with self._tx() as db:
