@@ -92,7 +92,7 @@ def test_minilm_fp32_lands_on_the_published_mteb_scores(shared_data, minilm_fp32
     # A rerun reads the corpus vectors from the cache and gives the same numbers.
     again = _eval("--data", data[0], "--model", str(minilm_fp32), "--json", "--cache-dir", str(tmp_path / "cache"))
     assert json.loads(again.stdout)[0] == rows["xquad/en"]
-    assert any((tmp_path / "cache").rglob("*.npy"))
+    assert any((tmp_path / "cache").rglob("*.dense.npz"))
 
 
 def test_a_service_url_scores_like_the_local_folder(server, tiny_m3_fp32, tmp_path):
@@ -147,7 +147,10 @@ def test_every_mode_ranks_as_flagembedding_compute_score(shared_data, tmp_path, 
         # Our ranking is a ranking of the oracle's scores: along our order they never rise by more than noise.
         along = np.take_along_axis(ref[mode], np.argsort(-ours, axis=1, kind="stable"), axis=1)
         assert (np.diff(along, axis=1) < 4e-3).all(), mode
-        assert (np.argmax(ours, axis=1) == np.argmax(ref[mode], axis=1)).mean() >= 0.85, mode
+        # Where the oracle's best document clearly leads (random weights make many near-ties), it is ours too.
+        top2 = np.sort(ref[mode], axis=1)[:, -2:]
+        clear = top2[:, 1] - top2[:, 0] > 4e-3
+        assert (np.argmax(ours, axis=1) == np.argmax(ref[mode], axis=1))[clear].all(), mode
 
 
 def test_all_modes_and_cross_lingual_runs_end_to_end(shared_data, tmp_path, tiny_m3_fp32, minilm_int8):

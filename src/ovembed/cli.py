@@ -196,7 +196,7 @@ def _reembed(args: argparse.Namespace) -> int:
         from ovembed.reembed import reembed
 
         stats = reembed(args.db, embedder_for(target, api_key), batch=args.batch, activate=args.activate,
-                        progress=not args.json)
+                        progress=not args.json, retries=args.retries)
     if args.json:
         print(json.dumps(stats.as_dict()))
     else:
@@ -300,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--activate", action="store_true", help="switch search to the new space when complete")
     r.add_argument("--engine", default="local", choices=["local", "ray"], help="run here, or on Ray (ovembed[ray])")
     r.add_argument("--actors", type=int, default=2, help="Ray: model actors (default 2)")
+    r.add_argument("--retries", type=int, default=8, help="PostgreSQL reconnects in a row without progress before "
+                   "giving up (default 8, about a minute of outage; a rerun resumes anyway)")
     r.add_argument("--db", default=DEFAULT_DB, help="SQLite file or postgresql://... (default: data/ovembed.db)")
     r.add_argument("--api-key", help="Bearer key for a service URL (default: env OVEMBED_API_KEY)")
     r.add_argument("--json", action="store_true", help="print the summary as JSON (and no progress bar)")
