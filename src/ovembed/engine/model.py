@@ -151,7 +151,8 @@ class EmbeddingModel:
         for batch in batches:
             # Padded to a multiple of 8 tokens: 8x fewer distinct shapes for OpenVINO to prepare and cache,
             # for 3.5 padding tokens per batch on average (masked, so no output changes).
-            longest = min(-(-max(len(ids[i]) for i in batch) // PAD_MULTIPLE) * PAD_MULTIPLE, self.manifest.max_length)
+            longest = max(len(ids[i]) for i in batch)
+            longest = max(longest, min(-(-longest // PAD_MULTIPLE) * PAD_MULTIPLE, self.manifest.max_length))
             token_ids = np.full((len(batch), longest), pad, dtype=np.int64)
             mask = np.zeros((len(batch), longest), dtype=np.int64)
             for row, index in enumerate(batch):

@@ -63,7 +63,19 @@ def _percentiles_ms(times_ms: list[float]) -> dict[str, float]:
     return {"p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2), "p99_ms": round(float(p99), 2)}
 
 
-def _positive_ints(text: str) -> list[int]:
+def _run_clients(client, n: int, start_line: threading.Barrier) -> float:
+    """Run client(0..n-1) in threads that all pass `start_line` together; seconds from that line to the last."""
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(n)]
+    for thread in threads:
+        thread.start()
+    start_line.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
+
+
+def positive_ints(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -130,14 +142,7 @@ def _concurrent(run, clients: int, plan: dict) -> dict:
         except Exception as exc:  # re-raised in the main thread: a failed backend must not look fast
             failures.append(exc)
 
-    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(clients)]
-    for thread in threads:
-        thread.start()
-    start_line.wait()
-    started = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
+    wall = _run_clients(client, clients, start_line)
     if failures:
         raise failures[0]
     calls = [t for per in times for t in per]
@@ -508,14 +513,7 @@ def _drive(url: str, headers: dict, model: str | None, texts: list[str], concurr
             one(k + n * concurrency, record=True)
         conn.close()
 
-    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    start_line.wait()
-    started = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
+    wall = _run_clients(client, concurrency, start_line)
     row = {"requests": len(times) + len(errors), "errors": len(errors),
            **({f"{k}_ms": v for k, v in percentiles(times).items()} if times else {"p50_ms": None, "p95_ms": None,
                                                                                   "p99_ms": None}),
@@ -638,10 +636,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m ovembed.evaluate.
     e.add_argument("--cache", default=".bench", help="where converted models and ONNX exports are kept between runs")
     e.add_argument("--seconds", type=float, default=5.0, help="time per measurement (at least --min-runs runs)")
     e.add_argument("--min-runs", type=int, default=10)
-    e.add_argument("--latency-tokens", type=_positive_ints, default=[16, 128, 512], help="1xN latency shapes (16,128,512)")
-    e.add_argument("--batches", type=_positive_ints, default=[1, 8, 32], help="throughput batch sizes (1,8,32)")
+    e.add_argument("--latency-tokens", type=positive_ints, default=[16, 128, 512], help="1xN latency shapes (16,128,512)")
+    e.add_argument("--batches", type=positive_ints, default=[1, 8, 32], help="throughput batch sizes (1,8,32)")
     e.add_argument("--throughput-tokens", type=int, default=128, help="tokens per text for batches and concurrency")
-    e.add_argument("--concurrency", type=_positive_ints, default=[1, 4], help="concurrent callers, one text each (1,4)")
+    e.add_argument("--concurrency", type=positive_ints, default=[1, 4], help="concurrent callers, one text each (1,4)")
     e.add_argument("--corpus", default=str(DEFAULT_CORPUS) if DEFAULT_CORPUS.is_file() else "",
                    help="corpus.jsonl of real paragraphs for tokens/s (default: XQuAD en from ../shared/data; '' skips)")
     e.add_argument("--corpus-texts", type=int, default=0, help="use this many paragraphs, spread over the file (0: all)")
@@ -655,8 +653,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m ovembed.evaluate.
     h = sub.add_parser("http", help="a running service under N concurrent clients (optionally vs the engine)")
     h.add_argument("--url", required=True, help="the service, e.g. http://127.0.0.1:8019")
     h.add_argument("--model", help="model name to ask for (default: the service's default)")
-    h.add_argument("--concurrency", type=_positive_ints, default=[1, 8, 32], help="clients, comma-separated (1,8,32)")
-    h.add_argument("--tokens", type=_positive_ints, default=[16, 128], help="tokens per text, comma-separated (16,128)")
+    h.add_argument("--concurrency", type=positive_ints, default=[1, 8, 32], help="clients, comma-separated (1,8,32)")
+    h.add_argument("--tokens", type=positive_ints, default=[16, 128], help="tokens per text, comma-separated (16,128)")
     h.add_argument("--seconds", type=float, default=5.0, help="time per (concurrency, tokens) row")
     h.add_argument("--engine-model", help="also time this model folder in-process on the same texts, before the load")
     h.add_argument("--api-key", help="Bearer key (default: env OVEMBED_API_KEY)")

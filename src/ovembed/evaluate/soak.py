@@ -38,6 +38,8 @@ from urllib.parse import urlsplit
 import numpy as np
 import psutil
 
+from ovembed.evaluate.bench import machine, positive_ints
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 ROUTES = ("/v1/embeddings", "/embeddings")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -492,7 +494,6 @@ def _report(opts, url, classes, tally, samples, warmup, rss_idle, status, alive,
     checks["server alive and healthy"] = {"passed": alive is not False and health == 200,
                                           "value": f"process {'running' if alive else 'gone' if alive is False else '?'}"
                                           f", /health {health}"}
-    from ovembed.evaluate.bench import machine
 
     return {
         "url": url, "model": str(opts.model) if opts.model else None, "clients": opts.clients,
@@ -683,7 +684,6 @@ def run_memory(model: Path, budgets: list[int], infer_requests: list[int], scena
     if fit:
         report["bounds"] = [{"batch_tokens": b, "predicted_peak_mb": round(predicted_peak(fit, b, length))}
                             for b in budgets]
-    from ovembed.evaluate.bench import machine
 
     report["machine"] = machine()
     return report
@@ -713,16 +713,6 @@ def memory_table(report: dict) -> str:
 
 
 # --- command line -----------------------------------------------------------------------------------
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
 
 
 def _positive(kind):
@@ -799,8 +789,8 @@ def _memory_main(argv: list[str], prog: str) -> int:
     p = argparse.ArgumentParser(prog=f"{prog} memory", description="Idle, warm and peak RSS of the worst merged "
                                 "call per setting, one child process each; prints the sizing formula.")
     p.add_argument("--model", type=Path, required=True, help="a model folder made by `ovembed quantize`")
-    p.add_argument("--batch-tokens", type=_ints, default=[4096, 16384], help="token budgets (4096,16384)")
-    p.add_argument("--infer-requests", type=_ints, default=[1, 2], help="infer requests in flight (1,2)")
+    p.add_argument("--batch-tokens", type=positive_ints, default=[4096, 16384], help="token budgets (4096,16384)")
+    p.add_argument("--infer-requests", type=positive_ints, default=[1, 2], help="infer requests in flight (1,2)")
     p.add_argument("--scenarios", default="batch,long", help="batch: full 512-token batches; long: max-length texts")
     p.add_argument("--max-length", type=_positive(int), help="longest text (default: the model's max length)")
     p.add_argument("--json", type=Path, help="write the figures to this file")
