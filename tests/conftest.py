@@ -83,6 +83,20 @@ def flag_oracle(tiny_m3_source):
 
 
 @pytest.fixture(scope="session")
+def tiny_embedder(tiny_m3_fp32):
+    from ovembed.rag import LocalEmbedder
+
+    return LocalEmbedder(tiny_m3_fp32)
+
+
+@pytest.fixture(scope="session")
+def minilm_embedder(minilm_int8):
+    from ovembed.rag import LocalEmbedder
+
+    return LocalEmbedder(minilm_int8)
+
+
+@pytest.fixture(scope="session")
 def tiny_m3_model(tiny_m3_fp32):
     from ovembed import load_model
 

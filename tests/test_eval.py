@@ -120,13 +120,12 @@ def _subset(source, target, n_docs: int, n_queries: int):
     return target
 
 
-def test_every_mode_ranks_as_flagembedding_compute_score(shared_data, tmp_path, flag_oracle, tiny_m3_fp32):
+def test_every_mode_ranks_as_flagembedding_compute_score(shared_data, tmp_path, flag_oracle, tiny_embedder):
     from ovembed.evaluate.quality import MODES, NEEDS, Scorer, encode
-    from ovembed.rag import LocalEmbedder
 
     ds = load_retrieval(_subset(shared_data / "xquad" / "en", tmp_path / "xq", n_docs=12, n_queries=8))
     docs, qids = list(ds.corpus), list(ds.qrels)
-    embedder = LocalEmbedder(tiny_m3_fp32)
+    embedder = tiny_embedder
     outputs = {"dense", "sparse", "colbert"}
     d = encode(embedder, [ds.corpus[x] for x in docs], outputs, "docs", None)
     q = encode(embedder, [ds.queries[x] for x in qids], outputs, "queries", None)

@@ -298,20 +298,6 @@ def _when_vectors(url: str, space: str, at_least: int, timeout: float = 120) -> 
     raise TimeoutError(f"{space} never reached {at_least} vectors")
 
 
-@pytest.fixture(scope="module")
-def tiny_embedder(tiny_m3_fp32):
-    from ovembed.rag import LocalEmbedder
-
-    return LocalEmbedder(tiny_m3_fp32)
-
-
-@pytest.fixture(scope="module")
-def minilm_embedder(minilm_int8):
-    from ovembed.rag import LocalEmbedder
-
-    return LocalEmbedder(minilm_int8)
-
-
 def test_postgres_restarted_during_reembed_the_job_retries_and_loses_nothing(
         restartable_pg, tiny_embedder, minilm_embedder, capsys):
     from ovembed.reembed import reembed

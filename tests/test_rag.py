@@ -23,16 +23,6 @@ from ovembed.store import open_store
 QUERIES_DE = ["Wer war Dschingis Khan?", "Wann begann der Krieg?", "Was ist ein Museum?", "Martin Luther", "Steuern"]
 
 
-@pytest.fixture(scope="module")
-def minilm(minilm_int8):
-    return LocalEmbedder(minilm_int8)
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_m3_fp32):
-    return LocalEmbedder(tiny_m3_fp32)
-
-
 def corpus(shared_data, lang: str, limit: int | None = None):
     docs = read_documents(str(shared_data / "xquad" / lang / "corpus.jsonl"))
     return docs[:limit] if limit else docs
@@ -43,9 +33,9 @@ def snapshot(rag: RAG, queries=QUERIES_DE, k=10):
 
 
 def test_migration_keeps_search_unchanged_until_activation_and_rollback_restores_it(
-        store_url, shared_data, minilm, tiny):
+        store_url, shared_data, minilm_embedder, tiny_embedder):
     with open_store(store_url) as store:
-        old = RAG(store, minilm)
+        old = RAG(store, minilm_embedder)
         stats = old.ingest(corpus(shared_data, "de"), chunk_tokens=200, overlap=32)
         assert stats["documents"] == 240 and stats["chunks"] > 240
         before = snapshot(old)
@@ -55,7 +45,7 @@ def test_migration_keeps_search_unchanged_until_activation_and_rollback_restores
         job: dict = {}
 
         def run():
-            job["stats"] = reembed(store_url, tiny, batch=16, progress=False)
+            job["stats"] = reembed(store_url, tiny_embedder, batch=16, progress=False)
             done.set()
 
         thread = threading.Thread(target=run)
@@ -78,7 +68,7 @@ def test_migration_keeps_search_unchanged_until_activation_and_rollback_restores
         store.activate("tiny-m3-fp32")
         with pytest.raises(OvembedError, match="active space is 'tiny-m3-fp32'"):
             old.search("x")
-        new = RAG(store, tiny)
+        new = RAG(store, tiny_embedder)
         assert len(new.search("Wer war Dschingis Khan?", k=5, mode="hybrid", rerank=True)) == 5
         store.activate("minilm-int8")  # the rollback
         assert snapshot(old) == before
@@ -97,10 +87,10 @@ def _vectors_by_position(db: str, space: str) -> dict[tuple[str, int], np.ndarra
 
 
 def test_reembed_survives_kill_9_and_resumes_to_the_uninterrupted_result(
-        store_url, tmp_path, shared_data, tiny, minilm_fp32):
+        store_url, tmp_path, shared_data, tiny_embedder, minilm_fp32):
     docs = corpus(shared_data, "de", 120)
     with open_store(store_url) as store:
-        RAG(store, tiny).ingest(docs, chunk_tokens=120, overlap=16)
+        RAG(store, tiny_embedder).ingest(docs, chunk_tokens=120, overlap=16)
         chunks = store.count_chunks()
     target = minilm_fp32.name  # fp32: bit-stable across batch shapes, so runs can be compared exactly
 
@@ -125,7 +115,7 @@ def test_reembed_survives_kill_9_and_resumes_to_the_uninterrupted_result(
 
     clean_db = str(tmp_path / "clean.db")
     with open_store(clean_db) as store:
-        RAG(store, tiny).ingest(docs, chunk_tokens=120, overlap=16)
+        RAG(store, tiny_embedder).ingest(docs, chunk_tokens=120, overlap=16)
     reembed(clean_db, LocalEmbedder(minilm_fp32), batch=4, progress=False)
     crashed, clean = _vectors_by_position(store_url, target), _vectors_by_position(clean_db, target)
     assert crashed.keys() == clean.keys() and len(crashed) == chunks
@@ -133,9 +123,10 @@ def test_reembed_survives_kill_9_and_resumes_to_the_uninterrupted_result(
         np.testing.assert_allclose(crashed[key], clean[key], atol=1e-5)
 
 
-def test_lazy_read_embeds_a_stale_chunk_once_even_with_concurrent_readers(store_url, shared_data, minilm, tiny_m3_fp32):
+def test_lazy_read_embeds_a_stale_chunk_once_even_with_concurrent_readers(store_url, shared_data, minilm_embedder,
+                                                                          tiny_m3_fp32):
     with open_store(store_url) as store:
-        RAG(store, minilm).ingest(corpus(shared_data, "de", 20), chunk_tokens=120, overlap=0)
+        RAG(store, minilm_embedder).ingest(corpus(shared_data, "de", 20), chunk_tokens=120, overlap=0)
         ids = [c.id for c in store.chunks_after(0, 1000)]
     calls: list[int] = []
     lock = threading.Lock()
@@ -175,7 +166,7 @@ def _ndcg_at_10(ranked: list[str], relevant: set[str]) -> float:
     return 0.0
 
 
-def test_full_stack_retrieval_quality_matches_the_engine_on_xquad_en(tmp_path, shared_data, minilm, minilm_int8):
+def test_full_stack_retrieval_quality_matches_the_engine_on_xquad_en(tmp_path, shared_data, minilm_embedder, minilm_int8):
     data = shared_data / "xquad" / "en"
     queries = [json.loads(line) for line in (data / "queries.jsonl").read_text().splitlines()]
     qrels: dict[str, set[str]] = {}
@@ -184,13 +175,13 @@ def test_full_stack_retrieval_quality_matches_the_engine_on_xquad_en(tmp_path, s
         qrels.setdefault(qid, set()).add(cid)
     docs = corpus(shared_data, "en")
     with open_store(str(tmp_path / "en.db")) as store:
-        rag = RAG(store, minilm)
+        rag = RAG(store, minilm_embedder)
         rag.ingest(docs)
         stack = []
         for q in queries:
             ranked = list(dict.fromkeys(r.chunk.doc_id for r in rag.search(q["text"], k=30)))
             stack.append(_ndcg_at_10(ranked, qrels[q["_id"]]))
-    engine = minilm.model
+    engine = minilm_embedder.model
     doc_vecs = engine.embed([d.text for d in docs]).dense
     query_vecs = engine.embed([q["text"] for q in queries]).dense
     direct = []

@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from ovembed.evaluate.soak import LengthClass, SoakOptions, draw, length_classes, run_soak, soak_table
+from ovembed.evaluate.soak import SoakOptions, draw, length_classes, run_soak, soak_table
 
 
 def test_short_soak_serves_everything_except_deliberate_503s_and_holds_the_queue_bound(tiny_m3_fp32, tmp_path):
@@ -31,8 +31,8 @@ def test_short_soak_serves_everything_except_deliberate_503s_and_holds_the_queue
     assert checks["queue bound held"]["passed"]
     assert checks["server alive and healthy"]["passed"]
     assert set(report["routes"]) == {"/v1/embeddings", "/embeddings"} and min(report["routes"].values()) > 0
-    # RSS is sampled and the leak check computed; over 20 s it is reported, not asserted (see the
-    # notes: OpenVINO's per-shape kernel cache grows with every new batch shape).
+    # RSS is sampled and the leak check computed; over 20 s (mostly warm-up) it is reported, not asserted:
+    # the long form is the leak check (docs/reliability.md).
     memory = report["memory"]
     assert memory["rss_idle_mb"] and memory["peak_rss_mb"] >= memory["rss_end_mb"] > 0
     assert memory["leak_samples"] >= 10 and memory["leak_slope_mb_per_min"] is not None
@@ -51,7 +51,6 @@ def test_length_mix_is_seeded_and_stays_within_its_classes():
     assert all(c.low <= t <= c.high for c, t in drawn)
     share = {c.name: sum(d[0].name == c.name for d in drawn) / len(drawn) for c in classes}
     assert 0.82 < share["query"] < 0.88 and 0.003 < share["document"] < 0.02
-    assert isinstance(classes[0], LengthClass)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

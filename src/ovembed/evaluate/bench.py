@@ -31,6 +31,7 @@ import numpy as np
 import psutil
 
 from ovembed.evaluate import peers
+from ovembed.validate import percentiles
 
 DEFAULT_BACKENDS = ("pytorch", "onnx-fp32", "onnx-int8", "int8-weights", "int8")
 DEFAULT_CORPUS = Path(__file__).resolve().parents[4] / "shared" / "data" / "xquad" / "en" / "corpus.jsonl"
@@ -41,26 +42,31 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+def proc_status(pid: int | str = "self") -> dict[str, float]:
+    """VmRSS, RssAnon (memory the process itself holds; the rest of RSS is mostly memory-mapped model files,
+    clean pages the kernel can drop) and VmHWM (high-water RSS: unlike ru_maxrss not inherited across exec) of
+    a process, in MB; empty if it is gone."""
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "VmHWM"):
+                out[key] = int(rest.split()[0]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
 def _anon_mb() -> float:
-    """Anonymous RSS: memory the process itself holds. The rest of RSS is mostly the memory-mapped
-    model files, clean pages the kernel can drop and re-read under pressure."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) / 1024
-    return _rss_mb()
+    return proc_status().get("RssAnon") or _rss_mb()
 
 
 def _peak_mb() -> float:
-    """This process's high-water RSS (VmHWM: unlike ru_maxrss it is not inherited across exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return proc_status().get("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _percentiles_ms(times_ms: list[float]) -> dict[str, float]:
-    p50, p95, p99 = np.percentile(times_ms, [50, 95, 99])
-    return {"p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2), "p99_ms": round(float(p99), 2)}
+    return {f"{k}_ms": v for k, v in percentiles(times_ms).items()}
 
 
 def _run_clients(client, n: int, start_line: threading.Barrier) -> float:
@@ -476,7 +482,6 @@ def _drive(url: str, headers: dict, model: str | None, texts: list[str], concurr
     import threading
     from urllib.parse import urlsplit
 
-    from ovembed.validate import percentiles
 
     parts = urlsplit(url)
     connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection

@@ -170,9 +170,14 @@ class Scorer:
             parts["sparse"] = self._sparse(q.sparse)
         if "colbert" in NEEDS[self.mode]:
             parts["colbert"] = self._colbert(q.colbert)
-        if self.mode != "hybrid":
-            return parts[self.mode]
-        return sum(parts[m] * w for m, w in self.weights.items()) / sum(self.weights.values())
+        return _combine(parts, self.mode, self.weights)
+
+
+def _combine(parts: dict[str, np.ndarray], mode: str, weights: dict[str, float]) -> np.ndarray:
+    """A mode's own scores, or for hybrid the weighted mean of the three (M3's compute_score)."""
+    if mode != "hybrid":
+        return parts[mode]
+    return sum(parts[m] * w for m, w in weights.items()) / sum(weights.values())
 
 
 def top_documents(scores: np.ndarray, doc_ids: list[str], depth: int = DEPTH) -> list[list[str]]:
@@ -196,9 +201,7 @@ def pair_scores(a: Encoded, b: Encoded, mode: str, weights: dict[str, float]) ->
         parts["sparse"] = np.array([lexical_score(x, y) for x, y in zip(a.sparse, b.sparse)])
     if "colbert" in NEEDS[mode]:
         parts["colbert"] = np.array([colbert_score(x, y) for x, y in zip(a.colbert, b.colbert)])
-    if mode != "hybrid":
-        return parts[mode]
-    return sum(parts[m] * w for m, w in weights.items()) / sum(weights.values())
+    return _combine(parts, mode, weights)
 
 
 # --- datasets and runs --------------------------------------------------------------------------------

@@ -38,7 +38,8 @@ from urllib.parse import urlsplit
 import numpy as np
 import psutil
 
-from ovembed.evaluate.bench import machine, positive_ints
+from ovembed.evaluate.bench import machine, positive_ints, proc_status
+from ovembed.validate import percentiles
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 ROUTES = ("/v1/embeddings", "/embeddings")
@@ -104,7 +105,7 @@ class Sizer:
 # --- the server under test --------------------------------------------------------------------------
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -114,7 +115,7 @@ class LocalServer:
     """`ovembed serve` for one model folder on a free loopback port, output to a log file."""
 
     def __init__(self, folder: Path, env: dict[str, str], log: Path, timeout: float):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OVEMBED_", "OPENVINO_PRELOAD"))}
@@ -185,19 +186,6 @@ def _post_json(url: str, path: str, body: dict, timeout: float = 60.0) -> tuple[
         return 0, None
     finally:
         conn.close()
-
-
-def _proc_status(pid: int) -> dict[str, float]:
-    """VmRSS, RssAnon and VmHWM of a process, in MB (empty if it is gone)."""
-    out = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "RssAnon", "VmHWM"):
-                out[key] = int(rest.split()[0]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return out
 
 
 def parse_metrics(text: str) -> dict[str, dict[str, float]]:
@@ -325,7 +313,7 @@ def _sampler(url: str, pid: int | None, stop: threading.Event, started: float, s
     while True:
         row: dict = {"t": round(time.monotonic() - started, 2)}
         if pid is not None:
-            status = _proc_status(pid)
+            status = proc_status(pid)
             row.update(rss_mb=status.get("VmRSS"), anon_mb=status.get("RssAnon"))
         code, text = _get(url, "/metrics")
         if code == 200:
@@ -355,10 +343,7 @@ def leak_check(samples: list[dict], warmup: float) -> dict:
 
 
 def _percentiles(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p95": None, "p99": None}
-    p50, p95, p99 = np.percentile(values, [50, 95, 99])
-    return {"p50": round(float(p50), 1), "p95": round(float(p95), 1), "p99": round(float(p99), 1)}
+    return percentiles(values) if values else {"p50": None, "p95": None, "p99": None}
 
 
 def _calibrate(url: str, model: str | None) -> tuple[Sizer, int | None]:
@@ -407,7 +392,7 @@ def _soak(url: str, pid: int | None, server: LocalServer | None, opts: SoakOptio
         max_tokens = model_max
     classes = length_classes(max_tokens)
     warmup = opts.warmup if opts.warmup is not None else min(60.0, 0.2 * opts.seconds)
-    rss_idle = _proc_status(pid) if pid else {}
+    rss_idle = proc_status(pid) if pid else {}
 
     # Warm-up requests first: the longest shapes allocate the engine's largest buffers once, before the
     # leak window, so that growth is not counted as a leak.
@@ -438,7 +423,7 @@ def _soak(url: str, pid: int | None, server: LocalServer | None, opts: SoakOptio
     sampler.join()
     code, text = _get(url, "/metrics")  # the counters as they stand after the last answer
     final = parse_metrics(text.decode(errors="replace")) if code == 200 else {}
-    status = _proc_status(pid) if pid else {}
+    status = proc_status(pid) if pid else {}
     alive = server.alive() if server is not None else psutil.pid_exists(pid) if pid else None
     health = _get(url, "/health")[0]
     report = _report(opts, url, classes, tally, samples, warmup, rss_idle, status, alive, health, stuck, drained,
@@ -537,10 +522,7 @@ DISPATCH_BUDGETS = 4  # the batcher merges up to 4 token budgets into one engine
 
 
 def _vm(key: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return proc_status().get(key, float("nan"))
 
 
 def _memory_child(args: argparse.Namespace) -> None:

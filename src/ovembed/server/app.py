@@ -114,7 +114,6 @@ def create_app(settings: Settings) -> FastAPI:
         except Overloaded as exc:
             metrics.overloaded.labels(entry.name).inc()
             raise OvembedError(ErrorKind.OVERLOADED, f"the service is busy ({exc}); retry shortly") from None
-        metrics.queue_depth.labels(entry.name).set(entry.batcher.pending_texts)
         result = await asyncio.wrap_future(future)
         return result.normalized() if normalize else result
 
@@ -156,10 +155,7 @@ def create_app(settings: Settings) -> FastAPI:
         }
 
     @app.get("/metrics", include_in_schema=False)
-    async def prometheus():
-        for entry in registry.entries:
-            if entry.batcher is not None:
-                metrics.queue_depth.labels(entry.name).set(entry.batcher.pending_texts)
+    async def prometheus():  # queue gauges read the batchers live (Metrics.watch_queue)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # --- embeddings ---------------------------------------------------------------------------------
