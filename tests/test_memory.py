@@ -28,3 +28,52 @@ def test_peak_memory_grows_with_the_budget_and_the_fitted_formula_predicts_a_lar
     predicted_extra = predicted_peak(fit, 16384, 512) - fit["warm_mb"]
     measured_extra = rows[(16384, 1)]["peak_mb"] - fit["warm_mb"]
     assert 0.5 * predicted_extra <= measured_extra <= 1.25 * predicted_extra + 10, (measured_extra, predicted_extra)
+
+
+_CACHE_CHILD = """
+import json, os, sys
+import numpy as np, psutil
+from ovembed.engine import load_model
+from ovembed.engine.runtime import limit_kernel_cache
+model = load_model(sys.argv[1], kernel_cache=int(sys.argv[2]))
+ids = [model.manifest.special_token_ids[0]] + [1000] * 256
+call = lambda n, length: model.embed_tokens([ids[:length]] * n, ["dense"])
+call(16, 256)
+call(1, 16)
+process = psutil.Process()
+warm = process.memory_info().rss / 2**20
+rng = np.random.default_rng(0)
+for _ in range(150):
+    call(int(rng.integers(1, 33)), int(rng.integers(4, 257)))
+print(json.dumps({"growth_mb": process.memory_info().rss / 2**20 - warm, "in_force": limit_kernel_cache(5),
+                  "env": os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY")}))
+"""
+
+
+def _cache_child(folder, kernel_cache: int, env: dict[str, str] | None = None) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    full_env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"} | (env or {})
+    proc = subprocess.run([sys.executable, "-c", _CACHE_CHILD, str(folder), str(kernel_cache)], env=full_env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_the_kernel_cache_bounds_rss_growth_under_new_shapes(minilm_int8):
+    # Real MiniLM weights, 150 calls of new shapes after warm-up. With oneDNN's default (1024 kernels) the
+    # process grows by several hundred MB; capped, by a fraction of it (one run: +573 MB against +175 MB).
+    default = _cache_child(minilm_int8, 1024)
+    capped = _cache_child(minilm_int8, 32)
+    assert (default["in_force"], default["env"]) == (1024, "1024")
+    assert (capped["in_force"], capped["env"]) == (32, "32")  # set before the first compile; a later ask (5) is ignored
+    assert capped["growth_mb"] < 0.5 * default["growth_mb"], (capped, default)
+    assert default["growth_mb"] > 100, default  # the check would catch the unbounded default
+
+
+def test_an_explicit_onednn_setting_in_the_environment_wins(minilm_int8):
+    child = _cache_child(minilm_int8, 1024, env={"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "16"})
+    assert (child["in_force"], child["env"]) == (16, "16")

@@ -31,11 +31,28 @@ def test_short_soak_serves_everything_except_deliberate_503s_and_holds_the_queue
     assert checks["queue bound held"]["passed"]
     assert checks["server alive and healthy"]["passed"]
     assert set(report["routes"]) == {"/v1/embeddings", "/embeddings"} and min(report["routes"].values()) > 0
-    # RSS is sampled and the leak check computed; over 20 s (mostly warm-up) it is reported, not asserted:
-    # the long form is the leak check (docs/reliability.md).
+    # RSS is sampled and the leak check computed; on this tiny model it is reported, not asserted (its growth
+    # is a few MB either way): the test below asserts it on real MiniLM weights.
     memory = report["memory"]
     assert memory["rss_idle_mb"] and memory["peak_rss_mb"] >= memory["rss_end_mb"] > 0
     assert memory["leak_samples"] >= 10 and memory["leak_slope_mb_per_min"] is not None
+
+
+def test_rss_stays_flat_after_warm_up_on_real_minilm_weights(minilm_int8, tmp_path):
+    # The leak check's short form. Real MiniLM weights under mixed lengths up to 256 tokens make a new batch
+    # shape on nearly every call, which is what filled OpenVINO's shape cache and oneDNN's kernel cache. With
+    # oneDNN's default kernel cache (1024) this run grew 5.8-18.6 % in its 30 s after warm-up; capped
+    # (OVEMBED_KERNEL_CACHE, 256) 0.3 % (docs/reliability.md).
+    opts = SoakOptions(model=minilm_int8, clients=32, seconds=45, warmup=15, max_tokens=256, queue_texts=8,
+                       log=tmp_path / "server.log")
+    report = run_soak(opts)
+    print(soak_table(report))
+    memory, checks = report["memory"], report["checks"]
+    assert report["requests"]["all"]["errors"] == 0, report["first_errors"]
+    assert report["requests"]["all"]["served"] > 1000
+    assert memory["leak_samples"] >= 20
+    assert checks["RSS flat after warm-up"]["passed"], memory
+    assert memory["leak_growth_pct"] < 5, memory
 
 
 def test_length_mix_is_seeded_and_stays_within_its_classes():

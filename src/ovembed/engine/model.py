@@ -10,7 +10,7 @@ import numpy as np
 
 from ovembed.engine.batcher import TokenBudget, plan_batches
 from ovembed.engine.outputs import SparseVector, colbert_vectors, l2_normalize, lexical_weights
-from ovembed.engine.runtime import SHAPE_CACHE, Runtime, TokenTable, openvino_reason
+from ovembed.engine.runtime import KERNEL_CACHE, SHAPE_CACHE, Runtime, TokenTable, openvino_reason
 from ovembed.engine.tokenize import TextTokenizer
 from ovembed.errors import ErrorKind, OvembedError, validation
 from ovembed.models import MODEL_XML, Manifest
@@ -58,6 +58,7 @@ class EmbeddingModel:
         check_files: bool = True,
         verify_checksums: bool = True,
         shape_cache: int = SHAPE_CACHE,
+        kernel_cache: int = KERNEL_CACHE,
     ):
         """check_files: refuse missing files or sizes that differ from the manifest; verify_checksums: also
         hash each file against the manifest (about 1 GB/s; see Manifest.check_files)."""
@@ -81,6 +82,7 @@ class EmbeddingModel:
             infer_requests=infer_requests,
             inference_precision=inference_precision,
             shape_cache=shape_cache,
+            kernel_cache=kernel_cache,
         )
         self._special_ids = np.asarray(self.manifest.special_token_ids, dtype=np.int64)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -11,6 +13,8 @@ import openvino as ov
 
 from ovembed.errors import ErrorKind, OvembedError
 from ovembed.models import TOKEN_TABLE, TOKEN_TABLE_SCALES
+
+log = logging.getLogger("ovembed.engine")
 
 
 class TokenTable:
@@ -42,6 +46,30 @@ class TokenTable:
 
 
 SHAPE_CACHE = 128  # input shapes whose prepared kernels the CPU plugin keeps (OVEMBED_SHAPE_CACHE)
+KERNEL_CACHE = 256  # oneDNN primitives (JIT kernels) kept per process (OVEMBED_KERNEL_CACHE)
+ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+_kernel_cache_in_force: int | None = None
+
+
+def limit_kernel_cache(capacity: int = KERNEL_CACHE) -> int:
+    """Cap oneDNN's primitive cache, which OpenVINO's CPU plugin fills beside its own shape cache: one entry
+    per layer kernel and input shape, 1024 by default. Under mixed lengths that default is what kept a
+    server's RSS growing after warm-up: +450 MB for BGE-M3 int8 after 60 new shapes, +580 MB for MiniLM
+    after 200 (docs/reliability.md). It is process-wide and oneDNN reads it once, at its first kernel: so
+    it is set before the first model compiles, the first caller's value holds, and an explicit
+    ONEDNN_PRIMITIVE_CACHE_CAPACITY in the environment wins. Returns the capacity in force."""
+    global _kernel_cache_in_force
+    if _kernel_cache_in_force is None:
+        user = os.environ.get(ONEDNN_CACHE_ENV)
+        if user is not None and user.strip().isdigit():
+            _kernel_cache_in_force = int(user)
+        else:
+            os.environ[ONEDNN_CACHE_ENV] = str(capacity)
+            _kernel_cache_in_force = capacity
+    elif capacity != _kernel_cache_in_force:
+        log.warning("kernel cache stays at %d: it is per process and fixed by the first model loaded (asked: %d)",
+                    _kernel_cache_in_force, capacity)
+    return _kernel_cache_in_force
 
 
 class Runtime:
@@ -56,7 +84,9 @@ class Runtime:
         inference_precision: str | None = None,
         threads: int | None = None,
         shape_cache: int = SHAPE_CACHE,
+        kernel_cache: int = KERNEL_CACHE,
     ):
+        limit_kernel_cache(kernel_cache)
         core = ov.Core()
         # The CPU plugin keeps prepared kernels per input shape (batch x length), 5000 by default. Under mixed
         # lengths nearly every call is a new shape and that cache grew a server's RSS without bound in practice

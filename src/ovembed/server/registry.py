@@ -118,6 +118,7 @@ class ModelRegistry:
                     infer_requests=self.settings.workers_infer,
                     verify_checksums=self.settings.verify_checksums,
                     shape_cache=self.settings.shape_cache,
+                    kernel_cache=self.settings.kernel_cache,
                 )
                 batcher = TokenBudgetBatcher(
                     model,
