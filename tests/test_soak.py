@@ -10,11 +10,14 @@ import sys
 from ovembed.evaluate.soak import SoakOptions, draw, length_classes, run_soak, soak_table
 
 
-def test_short_soak_serves_everything_except_deliberate_503s_and_holds_the_queue_bound(tiny_m3_fp32, tmp_path):
-    opts = SoakOptions(model=tiny_m3_fp32, clients=32, seconds=20, warmup=5, max_tokens=300, queue_texts=4,
-                       log=tmp_path / "server.log")
-    report = run_soak(opts)
+def _soak(tmp_path, **options) -> dict:
+    report = run_soak(SoakOptions(clients=32, log=tmp_path / "server.log", **options))
     print(soak_table(report))
+    return report
+
+
+def test_short_soak_serves_everything_except_deliberate_503s_and_holds_the_queue_bound(tiny_m3_fp32, tmp_path):
+    report = _soak(tmp_path, model=tiny_m3_fp32, seconds=20, warmup=5, max_tokens=300, queue_texts=4)
     rows, checks = report["requests"], report["checks"]
     assert rows["all"]["errors"] == 0, report["first_errors"]
     assert checks["no errors beyond 503 backpressure"]["passed"]
@@ -43,10 +46,7 @@ def test_rss_stays_flat_after_warm_up_on_real_minilm_weights(minilm_int8, tmp_pa
     # shape on nearly every call, which is what filled OpenVINO's shape cache and oneDNN's kernel cache. With
     # oneDNN's default kernel cache (1024) this run grew 5.8-18.6 % in its 30 s after warm-up; capped
     # (OVEMBED_KERNEL_CACHE, 256) 0.3 % (docs/reliability.md).
-    opts = SoakOptions(model=minilm_int8, clients=32, seconds=45, warmup=15, max_tokens=256, queue_texts=8,
-                       log=tmp_path / "server.log")
-    report = run_soak(opts)
-    print(soak_table(report))
+    report = _soak(tmp_path, model=minilm_int8, seconds=45, warmup=15, max_tokens=256, queue_texts=8)
     memory, checks = report["memory"], report["checks"]
     assert report["requests"]["all"]["errors"] == 0, report["first_errors"]
     assert report["requests"]["all"]["served"] > 1000
