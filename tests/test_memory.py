@@ -3,6 +3,11 @@ tiny model); the long form is `python -m ovembed.evaluate.soak memory --model FO
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 from ovembed.evaluate.soak import fit_formula, memory_rows, memory_table, predicted_peak, run_memory
 
 
@@ -43,21 +48,16 @@ call(1, 16)
 process = psutil.Process()
 warm = process.memory_info().rss / 2**20
 rng = np.random.default_rng(0)
-for _ in range(150):
+for _ in range(int(sys.argv[3])):
     call(int(rng.integers(1, 33)), int(rng.integers(4, 257)))
 print(json.dumps({"growth_mb": process.memory_info().rss / 2**20 - warm, "in_force": limit_kernel_cache(5),
                   "env": os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY")}))
 """
 
 
-def _cache_child(folder, kernel_cache: int, env: dict[str, str] | None = None) -> dict:
-    import json
-    import os
-    import subprocess
-    import sys
-
+def _cache_child(folder, kernel_cache: int, calls: int = 150, env: dict[str, str] | None = None) -> dict:
     full_env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"} | (env or {})
-    proc = subprocess.run([sys.executable, "-c", _CACHE_CHILD, str(folder), str(kernel_cache)], env=full_env,
+    proc = subprocess.run([sys.executable, "-c", _CACHE_CHILD, str(folder), str(kernel_cache), str(calls)], env=full_env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -75,5 +75,5 @@ def test_the_kernel_cache_bounds_rss_growth_under_new_shapes(minilm_int8):
 
 
 def test_an_explicit_onednn_setting_in_the_environment_wins(minilm_int8):
-    child = _cache_child(minilm_int8, 1024, env={"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "16"})
+    child = _cache_child(minilm_int8, 1024, calls=0, env={"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "16"})
     assert (child["in_force"], child["env"]) == (16, "16")

@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     batch_tokens: int = Field(16384, ge=64)  # token budget per inference batch
     # Input shapes whose prepared kernels OpenVINO keeps; OpenVINO's own default (5000) let RSS grow under mixed lengths.
     shape_cache: int = Field(128, ge=0)
-    # oneDNN kernels kept per process (its own default, 1024, held ~0.5 GB more for BGE-M3 under mixed lengths).
+    # oneDNN kernels kept per process (its own default, 1024, held ~0.4 GB more for BGE-M3 under mixed lengths).
     kernel_cache: int = Field(256, ge=0)
     # Hash every model file against ovembed.json at load (~1 GB/s: +0.5 s for BGE-M3 int8). Sizes are always checked.
     verify_checksums: bool = True
