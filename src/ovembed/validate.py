@@ -9,17 +9,13 @@ from dataclasses import asdict, dataclass, field
 import httpx
 import numpy as np
 
+from ovembed.workload import QUERY_WORDS, percentiles, varied_texts
+
 # Short texts in several scripts: a model served with the wrong tokenizer or a broken graph shows here.
 PROBE_TEXTS = (
     "BGE-M3 est un modèle d'embeddings multilingue. 多语言检索模型。Многоязычная модель.",
     "The quick brown fox jumps over the lazy dog near the river bank.",
 )
-# Common words, so most tokenizers give about one token per word.
-WORDS = ("river", "market", "engine", "garden", "report", "window", "signal", "history", "planet", "music",
-         "winter", "bridge", "letter", "doctor", "science", "coffee", "ocean", "school", "travel", "money",
-         "forest", "energy", "camera", "island", "system", "student", "language", "summer", "kitchen", "storm",
-         "network", "village", "mountain", "question", "library", "painting", "weather", "contract", "station")
-QUERY_WORDS = 13  # + a number, [CLS] and [SEP]: about 16 tokens
 
 
 @dataclass
@@ -58,20 +54,6 @@ class Report:
 
 class RequestFailed(Exception):
     """A request that got no usable answer; the message says why, for a check's value column."""
-
-
-def varied_texts(count: int, words: int) -> list[str]:
-    """`count` different texts of `words` words each, cycling through WORDS with a per-text stride."""
-    texts = []
-    for i in range(count):
-        picked = [WORDS[(i * 7 + j * (1 + i % 5)) % len(WORDS)] for j in range(words)]
-        texts.append(f"{i} " + " ".join(picked))
-    return texts
-
-
-def percentiles(times_ms: list[float]) -> dict[str, float]:
-    p50, p95, p99 = np.percentile(times_ms, [50, 95, 99])
-    return {"p50": round(float(p50), 2), "p95": round(float(p95), 2), "p99": round(float(p99), 2)}
 
 
 def call(client: httpx.Client, method: str, path: str, body: dict | None = None) -> dict:

@@ -55,7 +55,7 @@ def limit_kernel_cache(capacity: int = KERNEL_CACHE) -> int:
     """Cap oneDNN's primitive cache, which OpenVINO's CPU plugin fills beside its own shape cache: one entry
     per layer kernel and input shape, 1024 by default. Under mixed lengths that default is what kept a
     server's RSS growing after warm-up: BGE-M3 int8 at 1772 MB instead of 1364 after 60 new shapes
-    (scripts/cache-check.py), MiniLM +573 MB instead of +175 after 150 (tests/test_memory.py). It is
+    (scripts/cache-check.py), MiniLM +573 MB instead of +175 after 150 (tests/unit/bench/test_memory.py). It is
     process-wide and oneDNN reads it once, at its first kernel: so
     it is set before the first model compiles, the first caller's value holds, and an explicit
     ONEDNN_PRIMITIVE_CACHE_CAPACITY in the environment wins. Returns the capacity in force."""

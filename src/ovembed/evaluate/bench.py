@@ -31,7 +31,7 @@ import numpy as np
 import psutil
 
 from ovembed.evaluate import peers
-from ovembed.validate import percentiles
+from ovembed.workload import percentiles
 
 DEFAULT_BACKENDS = ("pytorch", "onnx-fp32", "onnx-int8", "int8-weights", "int8")
 DEFAULT_CORPUS = Path(__file__).resolve().parents[4] / "shared" / "data" / "xquad" / "en" / "corpus.jsonl"
@@ -442,7 +442,7 @@ def _token_counts(client, model: str | None, texts: list[str]) -> list[int] | No
 def _texts_of_tokens(client, model: str | None, tokens: int) -> tuple[list[str], float | None]:
     """HTTP_TEXTS varied texts of about `tokens` tokens: sized by word count, corrected once with the
     tokenizer's measured tokens per word. Returns the texts and their mean token count (None if unknown)."""
-    from ovembed.validate import varied_texts
+    from ovembed.workload import varied_texts
 
     words = max(1, tokens - 3)  # each text also has a leading number, [CLS] and [SEP]
     counts = _token_counts(client, model, varied_texts(16, words))

@@ -39,7 +39,7 @@ import numpy as np
 import psutil
 
 from ovembed.evaluate.bench import machine, positive_ints, proc_status
-from ovembed.validate import percentiles
+from ovembed.workload import percentiles
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 ROUTES = ("/v1/embeddings", "/embeddings")
@@ -87,7 +87,7 @@ class Sizer:
 
     def text(self, request_id: int, tokens: int) -> str:
         """A text of at most `tokens` tokens ([CLS] and [SEP] included; at least one word), unique by its number."""
-        from ovembed.validate import WORDS
+        from ovembed.workload import WORDS
 
         budget = tokens - 2 - self.number_tokens
         stride = 1 + request_id % 5
@@ -348,7 +348,7 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
 
 def _calibrate(url: str, model: str | None) -> tuple[Sizer, int | None]:
     """The filler words' token costs from the service's /tokenize; and the model's max length."""
-    from ovembed.validate import WORDS
+    from ovembed.workload import WORDS
 
     numbers = [str(10**9 + 12345), str(987654321), "0"]
     code, data = _post_json(url, "/tokenize", {"texts": [*WORDS, *numbers], **({"model": model} if model else {})})

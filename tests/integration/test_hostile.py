@@ -2,7 +2,7 @@
 malformed/huge/slow requests, and the security rules (keys, limits, no filesystem paths, CORS).
 
 After all of it the server must be alive, answer /health, have sent no 5xx and have grown by < 300 MB.
-Long fuzz run: OVEMBED_FUZZ_EXAMPLES=2000 pytest tests/test_hostile.py -k fuzz -s"""
+Long fuzz run: OVEMBED_FUZZ_EXAMPLES=2000 pytest tests/integration/test_hostile.py -k fuzz -s"""
 
 from __future__ import annotations
 

@@ -1,0 +1,5 @@
+import sys
+
+from ovembed.cli import main
+
+sys.exit(main())
