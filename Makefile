@@ -8,7 +8,7 @@ PRECISION ?= int8
 MODEL_NAME := $(shell basename "$(MODEL)" | tr '[:upper:]' '[:lower:]')
 MODEL_DIR ?= models/$(MODEL_NAME)-$(PRECISION)
 
-.PHONY: venv install serve test lint bench clean
+.PHONY: venv install serve test test-quick lint bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ serve: $(VENV)/.installed $(MODEL_DIR)/ovembed.json
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The quick loop: everything but soaks, long benchmarks and tests over ~20 s.
+test-quick: $(VENV)/.installed
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests

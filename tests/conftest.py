@@ -84,14 +84,14 @@ def flag_oracle(tiny_m3_source):
 
 @pytest.fixture(scope="session")
 def tiny_embedder(tiny_m3_fp32):
-    from ovembed.rag import LocalEmbedder
+    from ovembed.embedders import LocalEmbedder
 
     return LocalEmbedder(tiny_m3_fp32)
 
 
 @pytest.fixture(scope="session")
 def minilm_embedder(minilm_int8):
-    from ovembed.rag import LocalEmbedder
+    from ovembed.embedders import LocalEmbedder
 
     return LocalEmbedder(minilm_int8)
 
@@ -106,7 +106,7 @@ def tiny_m3_model(tiny_m3_fp32):
 @pytest.fixture(scope="session")
 def server(tiny_m3_fp32, minilm_int8, tmp_path_factory):
     """One shared service: the tiny BGE-M3 layout (default, fp32) and MiniLM int8."""
-    from serving import Server
+    from ovembed.bench.common import LocalServer as Server
 
     srv = Server([tiny_m3_fp32, minilm_int8], log=tmp_path_factory.mktemp("logs") / "server.log")
     yield srv

@@ -25,7 +25,8 @@ class Settings(BaseSettings):
     performance_hint: str = "LATENCY"
     api_keys: CommaList = Field(default_factory=list)
     max_texts: int = Field(256, ge=1)  # texts per request
-    # Characters per text and per request (413 beyond): tokenizing takes ~100-250 bytes per character.
+    # Characters per text and per request (413 beyond), checked before tokenizing: its memory grows with the
+    # characters (figures: docs/reliability.md#1-hostile-input).
     max_text_chars: int = Field(100_000, ge=1)
     max_request_chars: int = Field(1_000_000, ge=1)
     max_body_bytes: int = Field(16 * 2**20, ge=1024)
@@ -36,9 +37,11 @@ class Settings(BaseSettings):
     batch_tokens: int = Field(16384, ge=64)  # token budget per inference batch
     # Input shapes whose prepared kernels OpenVINO keeps; OpenVINO's own default (5000) let RSS grow under mixed lengths.
     shape_cache: int = Field(128, ge=0)
-    # oneDNN kernels kept per process (its own default, 1024, held ~0.4 GB more for BGE-M3 under mixed lengths).
+    # oneDNN kernels kept per process; its own default (1024) let RSS grow under mixed lengths
+    # (figures: docs/reliability.md#the-kernel-cache).
     kernel_cache: int = Field(256, ge=0)
-    # Hash every model file against ovembed.json at load (~1 GB/s: +0.5 s for BGE-M3 int8). Sizes are always checked.
+    # Hash every model file against ovembed.json at load (its cost: docs/reliability.md#3-faults).
+    # Sizes are always checked.
     verify_checksums: bool = True
     cors_origins: CommaList = Field(default_factory=list)  # off unless set
     log_level: str = "info"

@@ -6,9 +6,10 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
-import httpx
 import numpy as np
 
+from ovembed.client import Client
+from ovembed.errors import ErrorKind, OvembedError
 from ovembed.workload import QUERY_WORDS, percentiles, varied_texts
 
 # Short texts in several scripts: a model served with the wrong tokenizer or a broken graph shows here.
@@ -52,49 +53,30 @@ class Report:
         return "\n".join(lines)
 
 
-class RequestFailed(Exception):
-    """A request that got no usable answer; the message says why, for a check's value column."""
+def failure(exc: OvembedError) -> str:
+    """A failed request as a check's value: the client's message, and what to do about a missing key."""
+    hint = " (pass --api-key or set OVEMBED_API_KEY)" if exc.kind is ErrorKind.UNAUTHORIZED else ""
+    return f"{exc}{hint}"
 
 
-def call(client: httpx.Client, method: str, path: str, body: dict | None = None) -> dict:
-    """The JSON body of a 2xx answer, or RequestFailed with the status and the service's own message."""
-    try:
-        response = client.request(method, path, json=body)
-    except httpx.ConnectError as exc:
-        raise RequestFailed(f"cannot connect to {client.base_url} ({exc}): is `ovembed serve` running there?") from None
-    except httpx.TimeoutException:
-        raise RequestFailed(f"no answer from {client.base_url}{path} within the timeout") from None
-    except httpx.TransportError as exc:
-        raise RequestFailed(f"{path}: {type(exc).__name__}: {exc}") from None
-    try:
-        data = response.json()
-    except ValueError:
-        data = None
-    if response.status_code // 100 != 2:
-        detail = data.get("detail") if isinstance(data, dict) else response.text[:200]
-        hint = " (pass --api-key or set OVEMBED_API_KEY)" if response.status_code == 401 else ""
-        raise RequestFailed(f"{path}: HTTP {response.status_code}: {detail}{hint}")
-    if not isinstance(data, dict):
-        raise RequestFailed(f"{path}: the answer is not a JSON object")
-    return data
-
-
-def check_health(client: httpx.Client) -> Check:
+def check_health(client: Client) -> Check:
     expected = "/health 200, status ok"
     try:
-        health = call(client, "GET", "/health")
-    except RequestFailed as exc:
-        return Check("reachable", False, str(exc), expected)
+        health = client.health()
+    except OvembedError as exc:
+        return Check("reachable", False, failure(exc), expected)
     states = ", ".join(f"{k}: {v}" for k, v in (health.get("models") or {}).items())
-    return Check("reachable", health.get("status") == "ok", f"{health.get('status')} ({states})", expected)
+    status = health.get("status")
+    value = f"{status} ({states})" if status == "ok" else f"{status}: {health.get('detail')} ({states})"
+    return Check("reachable", status == "ok", value, expected)
 
 
-def fetch_status(client: httpx.Client) -> tuple[Check, dict | None]:
+def fetch_status(client: Client) -> tuple[Check, dict | None]:
     expected = "parses, embedding_loaded true"
     try:
-        status = call(client, "GET", "/models/status")
-    except RequestFailed as exc:
-        return Check("models/status", False, str(exc), expected), None
+        status = client.status()
+    except OvembedError as exc:
+        return Check("models/status", False, failure(exc), expected), None
     if not isinstance(status.get("embedding_model"), str) or not isinstance(status.get("models"), list):
         return Check("models/status", False, "missing embedding_model or models", expected), None
     loaded = status.get("embedding_loaded") is True
@@ -124,15 +106,15 @@ def check_dimension(status: dict, expect_dim: int | None) -> Check:
     return Check("dimension", expect_dim is None or dim == expect_dim, str(dim), str(expect_dim or "any"))
 
 
-def probe_embeddings(client: httpx.Client) -> np.ndarray:
-    """The dense vectors of PROBE_TEXTS, one row per text."""
-    answer = call(client, "POST", "/embeddings", {"texts": list(PROBE_TEXTS), "normalize": True})
+def probe_embeddings(client: Client) -> np.ndarray:
+    """The dense vectors of PROBE_TEXTS, one row per text (normalized: the service's default)."""
     try:
-        vectors = np.asarray(answer["embeddings"], dtype=np.float64)
+        vectors = client.embed(list(PROBE_TEXTS))[0].astype(np.float64)
     except (KeyError, TypeError, ValueError) as exc:
-        raise RequestFailed(f"/embeddings: malformed embeddings ({exc})") from None
+        raise OvembedError(ErrorKind.BACKEND, f"/embeddings: malformed embeddings ({exc})") from None
     if vectors.ndim != 2 or vectors.shape[0] != len(PROBE_TEXTS):
-        raise RequestFailed(f"/embeddings: {len(PROBE_TEXTS)} texts gave an array of shape {vectors.shape}")
+        raise OvembedError(ErrorKind.BACKEND, f"/embeddings: {len(PROBE_TEXTS)} texts gave an array of shape "
+                           f"{vectors.shape}")
     return vectors
 
 
@@ -153,12 +135,12 @@ def check_vectors(vectors: np.ndarray, dimension: int | None) -> list[Check]:
     return checks
 
 
-def measure_latency(client: httpx.Client, queries: int) -> list[float]:
+def measure_latency(client: Client, queries: int) -> list[float]:
     """Milliseconds of `queries` sequential one-text requests, each text different."""
     times = []
     for text in varied_texts(queries, QUERY_WORDS):
         t0 = time.perf_counter()
-        call(client, "POST", "/embeddings", {"texts": [text], "normalize": True})
+        client.embed([text])
         times.append((time.perf_counter() - t0) * 1000)
     return times
 
@@ -166,8 +148,9 @@ def measure_latency(client: httpx.Client, queries: int) -> list[float]:
 def validate(url: str, expect_model: str | None = None, expect_dim: int | None = None, max_p95_ms: float = 200.0,
              queries: int = 50, api_key: str | None = None, timeout: float = 10.0) -> Report:
     report = Report(url)
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    with httpx.Client(base_url=url, headers=headers, timeout=timeout) as client:
+    # No retries: a validator reports what the service does now, and a retried call would hide an error and
+    # count its waits as latency.
+    with Client(url, api_key=api_key, timeout=timeout, retries=0) as client:
         report.checks.append(check_health(client))
         if not report.checks[-1].passed:
             return report  # nothing else can be asked of a service that is down or still loading
@@ -178,15 +161,15 @@ def validate(url: str, expect_model: str | None = None, expect_dim: int | None =
         report.checks += [check_model(status, expect_model), check_dimension(status, expect_dim)]
         try:
             vectors = probe_embeddings(client)
-        except RequestFailed as exc:
-            report.checks.append(Check("embedding", False, str(exc), f"{len(PROBE_TEXTS)} vectors"))
+        except OvembedError as exc:
+            report.checks.append(Check("embedding", False, failure(exc), f"{len(PROBE_TEXTS)} vectors"))
             return report  # timing a failing route would only repeat its error
         report.checks += check_vectors(vectors, status.get("embedding_dimension"))
         expected = f"p95 <= {max_p95_ms:g} ms"
         try:
             times = measure_latency(client, queries)
-        except RequestFailed as exc:
-            report.checks.append(Check("latency", False, str(exc), expected))
+        except OvembedError as exc:
+            report.checks.append(Check("latency", False, failure(exc), expected))
             return report
     report.latency_ms = percentiles(times)
     p = report.latency_ms

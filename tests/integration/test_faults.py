@@ -20,14 +20,14 @@ import httpx
 import numpy as np
 import pytest
 
+from ovembed.bench.common import LocalServer as Server
 from ovembed.config import Settings
 from ovembed.engine import EmbeddingModel
 from ovembed.engine.batcher import TokenBudgetBatcher
 from ovembed.errors import ErrorKind, OvembedError
-from ovembed.models import MANIFEST_NAME, MODEL_BIN, TOKEN_TABLE, Manifest
+from ovembed.manifest import MANIFEST_NAME, MODEL_BIN, TOKEN_TABLE, Manifest, find_folder
 from ovembed.server.metrics import Metrics
-from ovembed.server.registry import ModelRegistry, find_folder
-from serving import Server
+from ovembed.server.registry import ModelRegistry
 
 GOOD_TEXTS = ["the cat sat on the mat", "Berlin is the capital of Germany", "vector search with pgvector",
               "ein kurzer deutscher Satz", "tokens and batches", "the quick brown fox"]

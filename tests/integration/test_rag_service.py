@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from ovembed.client import Client
+from ovembed.embedders import LocalEmbedder, ServiceEmbedder
 from ovembed.errors import ErrorKind, OvembedError
-from ovembed.rag import RAG, LocalEmbedder, ServiceEmbedder, read_documents
+from ovembed.rag import RAG, read_documents
 from ovembed.reembed import reembed
 from ovembed.store import open_store
 

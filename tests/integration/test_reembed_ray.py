@@ -7,7 +7,8 @@ import uuid
 import numpy as np
 import pytest
 
-from ovembed.rag import RAG, LocalEmbedder, read_documents
+from ovembed.embedders import LocalEmbedder
+from ovembed.rag import RAG, read_documents
 from ovembed.reembed import reembed
 from ovembed.reembed.job import job_name
 from ovembed.reembed.ray_backend import reembed_ray

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import MINILM_ID
-from ovembed.engine.outputs import colbert_score, combined_score, dense_score, lexical_score
+from ovembed.engine.scoring import colbert_score, combined_score, dense_score, lexical_score
 
 
 def post(server, path, json=None, **kwargs):

@@ -11,9 +11,9 @@ import time
 import httpx
 import pytest
 
+from ovembed.bench.common import LocalServer as Server
 from ovembed.config import Settings
 from ovembed.server.app import create_app
-from serving import Server
 
 
 def test_health_is_503_loading_until_preloaded_models_are_ready(minilm_int8):

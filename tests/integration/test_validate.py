@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from serving import Server, free_port
+from ovembed.bench.common import LocalServer as Server
+from ovembed.bench.common import free_port
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 CHECKS = ["reachable", "models/status", "model", "dimension", "embedding length", "finite values", "unit norm",

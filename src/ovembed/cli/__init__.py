@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from ovembed.cli import bench, checks, model, rag
 from ovembed.cli.common import EXIT_INTERRUPTED, EXIT_OK, OvembedGroup
 
 
-@click.group(cls=OvembedGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group("ovembed", cls=OvembedGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 def cli() -> None:
     """BGE-M3 and friends as INT8 OpenVINO models on the CPU."""
 
@@ -36,5 +34,3 @@ def main(argv: list[str] | None = None) -> int:
     return result if isinstance(result, int) else EXIT_OK
 
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,7 +15,8 @@ from ovembed.errors import ErrorKind, OvembedError
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # Failures of the world rather than of the input count as failed checks; every other kind is an input error.
 EXIT_CODES = {ErrorKind.GATE_FAILED: EXIT_CHECK_FAILED, ErrorKind.BACKEND: EXIT_CHECK_FAILED,
-              ErrorKind.HUB_UNREACHABLE: EXIT_CHECK_FAILED, ErrorKind.UNAVAILABLE: EXIT_CHECK_FAILED}
+              ErrorKind.HUB_UNREACHABLE: EXIT_CHECK_FAILED, ErrorKind.UNAVAILABLE: EXIT_CHECK_FAILED,
+              ErrorKind.OVERLOADED: EXIT_CHECK_FAILED}
 DEFAULT_DB = "data/ovembed.db"
 DEFAULT_URL = "http://localhost:8019"
 

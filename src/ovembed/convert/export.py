@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ovembed.errors import ErrorKind, OvembedError
-from ovembed.models import KNOWN_MODELS, resolve_alias
+from ovembed.manifest import KNOWN_MODELS, resolve_alias
 
 M3_HEADS = ("sparse_linear.pt", "colbert_linear.pt")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json")

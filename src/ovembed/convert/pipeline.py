@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from ovembed.convert import export, verify
@@ -21,7 +22,7 @@ from ovembed.convert.synthetic import builtin_texts
 from ovembed.engine.model import EmbeddingModel
 from ovembed.engine.tokenize import TextTokenizer
 from ovembed.errors import ErrorKind, OvembedError
-from ovembed.models import MANIFEST_NAME, PRECISIONS, TOKEN_TABLE, Manifest, sha256_file
+from ovembed.manifest import MANIFEST_NAME, PRECISIONS, TOKEN_TABLE, Manifest, sha256_file
 
 CALIBRATION_MAX_TOKENS = 512
 
@@ -100,16 +101,31 @@ def run_quantize(
     return manifest, output, failures
 
 
-def _build(source, staging: Path, output: Path, precision: str, calibration: Path | None,
-           thresholds) -> tuple[Manifest, list[str]]:
+def _build(source: export.SourceModel, staging: Path, output: Path, precision: str, calibration: Path | None,
+           thresholds: verify.GateThresholds) -> tuple[Manifest, list[str]]:
     log(f"loading {source.model_id} ({source.layout} layout, {source.pooling} pooling) with PyTorch")
     encoder = export.load_encoder(source)
     with _writing(output):
         tokenizer_info = export.copy_tokenizer(source, staging)
+    tables = _convert(source, encoder, staging, output, precision, calibration)
+    manifest = _describe(source, encoder, tables, tokenizer_info, precision)
+    written = [p for p in sorted(staging.iterdir()) if p.name != MANIFEST_NAME]
+    manifest.files = {p.name: sha256_file(p) for p in written}
+    manifest.sizes = {p.name: p.stat().st_size for p in written}
+    with _writing(output):
+        manifest.write(staging)
+    failures = _verify(encoder, staging, manifest, thresholds)
+    with _writing(output):
+        manifest.write(staging)
+    return manifest, failures
+
+
+def _convert(source: export.SourceModel, encoder: export.EncoderGraph, staging: Path, output: Path,
+             precision: str, calibration: Path | None) -> dict[str, np.ndarray]:
+    """Export to OpenVINO, apply the precision recipe and save graph and token table; returns the tables."""
     log(f"exporting to OpenVINO (max length {source.max_length})")
     ov_model = export.export_openvino(encoder, source.max_length)
     tables = recipes.quantize_table(export.token_table(encoder), precision)
-
     calibration_ids: list[list[int]] = []
     if precision == "int8":
         tokenizer = TextTokenizer(staging, min(source.max_length, CALIBRATION_MAX_TOKENS))
@@ -120,11 +136,15 @@ def _build(source, staging: Path, output: Path, precision: str, calibration: Pat
     ov_model = recipes.compress(ov_model, precision, tables, calibration_ids)
     with _writing(output):
         recipes.save(ov_model, tables, staging, precision)
-    del ov_model
+    return tables
 
+
+def _describe(source: export.SourceModel, encoder: export.EncoderGraph, tables: dict[str, np.ndarray],
+              tokenizer_info: dict[str, object], precision: str) -> Manifest:
+    """The manifest of the converted model, before its files and verification are recorded."""
     names = [r for r in ["dense", "sparse", "colbert"] if source.layout == "m3" or r == "dense"]
     colbert_dim = encoder.colbert_linear.out_features if encoder.colbert_linear is not None else None
-    manifest = Manifest(
+    return Manifest(
         source=source.model_id,
         revision=source.revision,
         architecture=source.architecture,
@@ -142,12 +162,11 @@ def _build(source, staging: Path, output: Path, precision: str, calibration: Pat
         tool_versions=tool_versions(),
         **tokenizer_info,
     )
-    written = [p for p in sorted(staging.iterdir()) if p.name != MANIFEST_NAME]
-    manifest.files = {p.name: sha256_file(p) for p in written}
-    manifest.sizes = {p.name: p.stat().st_size for p in written}
-    with _writing(output):
-        manifest.write(staging)
 
+
+def _verify(encoder: export.EncoderGraph, staging: Path, manifest: Manifest,
+            thresholds: verify.GateThresholds) -> list[str]:
+    """Compare the staged model with the fp32 PyTorch reference; the report goes into the manifest."""
     log("verifying against the fp32 PyTorch reference")
     texts = builtin_texts("verification.txt")
     candidate = EmbeddingModel(staging, check_files=False)
@@ -155,6 +174,7 @@ def _build(source, staging: Path, output: Path, precision: str, calibration: Pat
     reference = verify.reference_embeddings(
         encoder, ids, manifest.special_token_ids, progress=lambda it: tqdm(it, desc="reference", leave=False)
     )
+    names = manifest.outputs
     result = candidate.embed(texts, dense=True, sparse="sparse" in names, colbert="colbert" in names)
     report = verify.agreement(reference, result)
     failures = verify.gate_failures(report, thresholds)
@@ -164,9 +184,7 @@ def _build(source, staging: Path, output: Path, precision: str, calibration: Pat
         "passed": not failures,
     }
     manifest.verification = report
-    with _writing(output):
-        manifest.write(staging)
-    return manifest, failures
+    return failures
 
 
 @contextmanager

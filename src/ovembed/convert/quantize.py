@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ovembed.models import MODEL_XML, TOKEN_TABLE, TOKEN_TABLE_SCALES
+from ovembed.manifest import MODEL_XML, TOKEN_TABLE, TOKEN_TABLE_SCALES
 
 
 def quantize_table(table: np.ndarray, precision: str) -> dict[str, np.ndarray]:

@@ -13,7 +13,7 @@ from ovembed.engine.outputs import SparseVector, colbert_vectors, l2_normalize, 
 from ovembed.engine.runtime import KERNEL_CACHE, SHAPE_CACHE, Runtime, TokenTable, openvino_reason
 from ovembed.engine.tokenize import TextTokenizer
 from ovembed.errors import ErrorKind, OvembedError, validation
-from ovembed.models import MODEL_XML, Manifest
+from ovembed.manifest import MODEL_XML, Manifest
 
 
 @dataclass
@@ -61,7 +61,7 @@ class EmbeddingModel:
         kernel_cache: int = KERNEL_CACHE,
     ):
         """check_files: refuse missing files or sizes that differ from the manifest; verify_checksums: also
-        hash each file against the manifest (about 1 GB/s; see Manifest.check_files)."""
+        hash each file against the manifest (its cost at load: docs/reliability.md#3-faults)."""
         self.folder = Path(folder)
         self.manifest = Manifest.read(self.folder)
         if check_files:
@@ -72,9 +72,9 @@ class EmbeddingModel:
         if inference_precision is None and self.manifest.precision in ("fp32", "int8"):
             # On CPUs with AMX/AVX512-BF16 OpenVINO runs the float parts in bf16 by default. For fp32
             # that breaks the precision promise; for static int8, bf16 made some texts' vectors depend
-            # on the rest of a large batch (cosine 0.77 to the same text alone, OpenVINO 2026.4, seen in
-            # a one-off check; see docs/benchmarks.md) for a ~4% speed gain. int8-weights and fp16 keep
-            # bf16: there it is where their speed comes from.
+            # on the rest of a large batch, for a small speed gain (figures:
+            # docs/benchmarks.md#what-the-figures-say). int8-weights and fp16 keep bf16: there it is
+            # where their speed comes from.
             inference_precision = "f32"
         self.runtime = Runtime(
             self.folder / MODEL_XML,

@@ -12,7 +12,7 @@ import numpy as np
 import openvino as ov
 
 from ovembed.errors import ErrorKind, OvembedError
-from ovembed.models import TOKEN_TABLE, TOKEN_TABLE_SCALES
+from ovembed.manifest import TOKEN_TABLE, TOKEN_TABLE_SCALES
 
 log = logging.getLogger("ovembed.engine")
 
@@ -21,7 +21,8 @@ class TokenTable:
     """The vocabulary embedding table, memory-mapped: only rows that are looked up are paged in.
 
     Keeping this 250k x 1024 lookup out of the graph is what keeps a static-INT8 BGE-M3 small in
-    memory: inside the graph the CPU plugin holds it unpacked in float (about 1 GB)."""
+    memory: inside the graph the CPU plugin holds it unpacked in float (figures:
+    docs/benchmarks.md#what-the-figures-say)."""
 
     def __init__(self, folder: Path):
         try:
@@ -54,11 +55,10 @@ _kernel_cache_in_force: int | None = None
 def limit_kernel_cache(capacity: int = KERNEL_CACHE) -> int:
     """Cap oneDNN's primitive cache, which OpenVINO's CPU plugin fills beside its own shape cache: one entry
     per layer kernel and input shape, 1024 by default. Under mixed lengths that default is what kept a
-    server's RSS growing after warm-up: BGE-M3 int8 at 1772 MB instead of 1364 after 60 new shapes
-    (scripts/cache-check.py), MiniLM +573 MB instead of +175 after 150 (tests/unit/bench/test_memory.py). It is
-    process-wide and oneDNN reads it once, at its first kernel: so
-    it is set before the first model compiles, the first caller's value holds, and an explicit
-    ONEDNN_PRIMITIVE_CACHE_CAPACITY in the environment wins. Returns the capacity in force."""
+    server's RSS growing after warm-up (figures: docs/reliability.md#the-kernel-cache). It is process-wide
+    and oneDNN reads it once, at its first kernel: so it is set before the first model compiles, the first
+    caller's value holds, and an explicit ONEDNN_PRIMITIVE_CACHE_CAPACITY in the environment wins.
+    Returns the capacity in force."""
     global _kernel_cache_in_force
     if _kernel_cache_in_force is None:
         user = os.environ.get(ONEDNN_CACHE_ENV)
@@ -90,8 +90,8 @@ class Runtime:
         limit_kernel_cache(kernel_cache)
         core = ov.Core()
         # The CPU plugin keeps prepared kernels per input shape (batch x length), 5000 by default. Under mixed
-        # lengths nearly every call is a new shape and that cache grew a server's RSS without bound in practice
-        # (a soak: 569 -> 1096 MB in 90 s on a tiny model); capped, RSS stays flat (docs/reliability.md).
+        # lengths nearly every call is a new shape and that cache grew a server's RSS without bound in practice;
+        # capped, RSS stays flat (figures: docs/reliability.md#the-first-leak-found-by-the-soak-openvinos-per-shape-cache).
         config: dict[str, object] = {"PERFORMANCE_HINT": performance_hint, "CPU_RUNTIME_CACHE_CAPACITY": shape_cache}
         if inference_precision:
             config["INFERENCE_PRECISION_HINT"] = inference_precision

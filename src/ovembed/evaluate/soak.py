@@ -640,7 +640,7 @@ def predicted_peak(fit: dict, batch_tokens: int, max_length: int) -> float:
 
 def run_memory(model: Path, budgets: list[int], infer_requests: list[int], scenarios: list[str],
                max_length: int | None = None, progress=None) -> dict:
-    from ovembed.models import Manifest
+    from ovembed.manifest import Manifest
 
     say = progress or (lambda message: None)
     manifest = Manifest.read(model)

@@ -312,7 +312,8 @@ def _linked_copy(folder: Path) -> Iterator[Path]:
 
 
 def _reembed_run(args: argparse.Namespace, label: str, url: str) -> dict:
-    from ovembed.rag import RAG, LocalEmbedder
+    from ovembed.embedders import LocalEmbedder
+    from ovembed.rag import RAG
     from ovembed.reembed.job import reembed
     from ovembed.store import open_store
 

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass
 
 from tqdm import tqdm
 
+from ovembed.embedders import Embedder
 from ovembed.errors import ErrorKind, OvembedError
-from ovembed.rag import Embedder
 from ovembed.store import Chunk, Space, Store, VectorRow, open_store
 
 _DONE = object()
@@ -160,73 +160,11 @@ def _attempt(db: str, embedder: Embedder, batch: int, activate: bool, progress: 
              cache: _TextCache, state: _Attempts, started: float) -> ReembedStats:
     """One run: read -> embed -> write until no chunk lacks a vector, or the first error."""
     target = embedder.space
-    reader_store = open_store(db)
-    try:
-        writer_store = open_store(db)  # one connection per stage
-    except BaseException:
-        reader_store.close()
-        raise
+    reader_store, writer_store = _open_stores(db)
     try:
         begin = start_job(writer_store, target)
         state.first = state.first or begin
-        job, after_id, done_before = begin.job, begin.after_id, begin.done_before
-        bar = tqdm(total=begin.chunks, initial=begin.already, unit="chunk", desc=f"reembed {target.name}",
-                   disable=not progress, smoothing=0.1)
-        pages: queue.Queue = queue.Queue(maxsize=2)
-        results: queue.Queue = queue.Queue(maxsize=2)
-        errors: list[BaseException] = []
-        written = 0
-        quit_run = threading.Event()  # this run's reader stops; `halt` (the caller's stop) ends the whole job
-
-        def read() -> None:
-            try:
-                for page in reader_store.iter_missing(target.name, batch, after_id=after_id):
-                    if halt.is_set() or quit_run.is_set():
-                        break
-                    pages.put(page)
-            except BaseException as exc:
-                errors.append(exc)
-            finally:
-                pages.put(_DONE)
-
-        def write() -> None:
-            nonlocal written
-            try:
-                while (item := results.get()) is not _DONE:
-                    page, rows, page_reused = item
-                    count = writer_store.put_vectors(target.name, rows)
-                    written += count
-                    state.written += count
-                    state.reused += page_reused
-                    writer_store.set_checkpoint(job, page[-1].id, done_before + written)
-                    bar.update(len(rows))
-            except BaseException as exc:
-                errors.append(exc)
-                while results.get() is not _DONE:  # drain so the embedder never blocks on a dead writer
-                    pass
-
-        reader = threading.Thread(target=read, name="reembed-read", daemon=True)
-        writer = threading.Thread(target=write, name="reembed-write", daemon=True)
-        reader.start()
-        writer.start()
-        page = None
-        try:
-            while (page := pages.get()) is not _DONE:
-                if errors:
-                    continue  # drain the reader
-                rows, page_reused = embed_page(embedder, page, cache)
-                results.put((page, rows, page_reused))
-        finally:
-            # On an error or Ctrl-C here: stop the reader, let the writer finish what is embedded.
-            quit_run.set()
-            while page is not _DONE:
-                page = pages.get()
-            results.put(_DONE)
-            reader.join()
-            writer.join()
-            bar.close()
-        if errors:
-            raise errors[0]
+        _run_stages(reader_store, writer_store, embedder, begin, batch, progress, halt, cache, state)
         activated = finish_job(writer_store, target.name, activate)
         first = state.first
         return ReembedStats(target.name, first.chunks, state.written, state.reused, first.already,
@@ -234,3 +172,82 @@ def _attempt(db: str, embedder: Embedder, batch: int, activate: bool, progress: 
     finally:
         reader_store.close()
         writer_store.close()
+
+
+def _open_stores(db: str) -> tuple[Store, Store]:
+    """(reader's, writer's): one connection per stage."""
+    reader_store = open_store(db)
+    try:
+        return reader_store, open_store(db)
+    except BaseException:
+        reader_store.close()
+        raise
+
+
+def _run_stages(reader_store: Store, writer_store: Store, embedder: Embedder, begin: JobStart, batch: int,
+                progress: bool, halt: threading.Event, cache: _TextCache, state: _Attempts) -> None:
+    """The reader and writer threads around the embedder in this thread; raises the first stage's error."""
+    target = embedder.space
+    bar = tqdm(total=begin.chunks, initial=begin.already, unit="chunk", desc=f"reembed {target.name}",
+               disable=not progress, smoothing=0.1)
+    pages: queue.Queue = queue.Queue(maxsize=2)
+    results: queue.Queue = queue.Queue(maxsize=2)
+    errors: list[BaseException] = []
+    quit_run = threading.Event()  # this run's reader stops; `halt` (the caller's stop) ends the whole job
+    reader = threading.Thread(target=_read, name="reembed-read", daemon=True,
+                              args=(reader_store, target.name, batch, begin.after_id, pages, errors, halt, quit_run))
+    writer = threading.Thread(target=_write, name="reembed-write", daemon=True,
+                              args=(writer_store, target.name, begin, results, errors, state, bar))
+    reader.start()
+    writer.start()
+    page = None
+    try:
+        while (page := pages.get()) is not _DONE:
+            if errors:
+                continue  # drain the reader
+            rows, page_reused = embed_page(embedder, page, cache)
+            results.put((page, rows, page_reused))
+    finally:
+        # On an error or Ctrl-C here: stop the reader, let the writer finish what is embedded.
+        quit_run.set()
+        while page is not _DONE:
+            page = pages.get()
+        results.put(_DONE)
+        reader.join()
+        writer.join()
+        bar.close()
+    if errors:
+        raise errors[0]
+
+
+def _read(store: Store, space: str, batch: int, after_id: int, pages: queue.Queue, errors: list[BaseException],
+          halt: threading.Event, quit_run: threading.Event) -> None:
+    """Reader stage: pages of chunks without a vector, after the checkpoint, then _DONE."""
+    try:
+        for page in store.iter_missing(space, batch, after_id=after_id):
+            if halt.is_set() or quit_run.is_set():
+                break
+            pages.put(page)
+    except BaseException as exc:
+        errors.append(exc)
+    finally:
+        pages.put(_DONE)
+
+
+def _write(store: Store, space: str, begin: JobStart, results: queue.Queue, errors: list[BaseException],
+           state: _Attempts, bar: tqdm) -> None:
+    """Writer stage: upsert each embedded page and advance the checkpoint past it."""
+    written = 0  # by this run
+    try:
+        while (item := results.get()) is not _DONE:
+            page, rows, page_reused = item
+            count = store.put_vectors(space, rows)
+            written += count
+            state.written += count
+            state.reused += page_reused
+            store.set_checkpoint(begin.job, page[-1].id, begin.done_before + written)
+            bar.update(len(rows))
+    except BaseException as exc:
+        errors.append(exc)
+        while results.get() is not _DONE:  # drain so the embedder never blocks on a dead writer
+            pass

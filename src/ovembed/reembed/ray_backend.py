@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ovembed.embedders import embedder_for
 from ovembed.errors import ErrorKind, OvembedError
-from ovembed.rag import embedder_for
 from ovembed.reembed.job import ReembedStats, _TextCache, embed_page, finish_job, start_job
 from ovembed.store import Space, Store, open_store
 

@@ -1,11 +1,19 @@
-"""The one mapping from error kinds to HTTP: status, headers and body shape (OpenAI's under /v1)."""
+"""The one mapping from error kinds to HTTP: status, headers and body shape (OpenAI's under /v1), and the
+exception handlers that send every failure through it."""
 
 from __future__ import annotations
 
-import orjson
-from starlette import responses
+import logging
 
-from ovembed.errors import ErrorKind
+import orjson
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from starlette import responses
+from starlette.exceptions import HTTPException
+
+from ovembed.errors import ErrorKind, OvembedError
+
+log = logging.getLogger("ovembed.server")
 
 STATUS = {
     ErrorKind.VALIDATION: 422,
@@ -51,3 +59,38 @@ def error_response(path: str, kind: ErrorKind, message: str, status: int | None 
     else:
         body = {"error": kind.value, "detail": message}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def domain_error(request: Request, exc: OvembedError) -> JSONResponse:
+    return error_response(request.url.path, exc.kind, exc.message)
+
+
+async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    content_type = request.headers.get("content-type", "")
+    if "json" not in content_type:
+        return error_response(request.url.path, ErrorKind.VALIDATION,
+                              f"Content-Type must be application/json, not '{content_type or 'none'}'", 415)
+    if any(e.get("type") == "json_invalid" for e in errors):
+        detail = errors[0].get("ctx", {}).get("error", "")
+        return error_response(request.url.path, ErrorKind.VALIDATION, f"malformed JSON body: {detail}", 400)
+    parts = []
+    for e in errors[:5]:
+        where = ".".join(str(p) for p in e.get("loc", ())[1:]) or "body"
+        parts.append(f"{where}: {e.get('msg')}")
+    return error_response(request.url.path, ErrorKind.VALIDATION, "; ".join(parts))
+
+
+async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    # Starlette's own answers: an unknown path (404) or a wrong method (405).
+    kind = ErrorKind.MODEL_NOT_FOUND if exc.status_code == 404 else ErrorKind.VALIDATION
+    return error_response(request.url.path, kind, str(exc.detail), exc.status_code)
+
+
+async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", extra={"path": request.url.path})
+    return error_response(request.url.path, ErrorKind.BACKEND, f"internal error: {type(exc).__name__}")
+
+
+EXCEPTION_HANDLERS = {OvembedError: domain_error, RequestValidationError: invalid_request, HTTPException: http_error,
+                      Exception: unexpected}

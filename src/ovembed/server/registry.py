@@ -13,7 +13,7 @@ from ovembed.config import Settings
 from ovembed.engine import EmbeddingModel, TokenBudget
 from ovembed.engine.batcher import TokenBudgetBatcher
 from ovembed.errors import ErrorKind, OvembedError
-from ovembed.models import MANIFEST_NAME, Manifest
+from ovembed.manifest import Manifest, find_folder
 from ovembed.server.metrics import Metrics
 
 log = logging.getLogger("ovembed.server")
@@ -38,28 +38,6 @@ class ModelEntry:
         """The id responses report: the hub id when known, else the folder name."""
         source = self.manifest.source if self.manifest else ""
         return source if source.count("/") == 1 and not source.startswith("/") else self.name
-
-
-def find_folder(spec: str, models_dir: Path) -> Path | None:
-    """A folder as given, or one under models_dir named `spec` or whose manifest's id or short name is
-    `spec`; when several precisions of one model are there, a hub id means the int8 one."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return path
-    if not models_dir.is_dir():
-        return None
-    matches = []
-    # Hidden folders are skipped: `ovembed quantize` builds in `.NAME.partial-PID` (a crash can leave one).
-    for folder in sorted(p.parent for p in models_dir.glob(f"[!.]*/{MANIFEST_NAME}")):
-        if folder.name == spec:
-            return folder
-        try:
-            manifest = Manifest.read(folder)
-        except OvembedError:
-            continue
-        if spec in (manifest.source, manifest.name):
-            matches.append((manifest.precision != "int8", folder))
-    return min(matches)[1] if matches else None
 
 
 class ModelRegistry:

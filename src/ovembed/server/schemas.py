@@ -1,4 +1,4 @@
-"""Request and response shapes of every route (routes live in app.py)."""
+"""Request and response shapes of every route (routes live in routes/)."""
 
 from __future__ import annotations
 

@@ -195,14 +195,3 @@ class Store(ABC):
                                   f"got shape {row.dense.shape} for chunk {row.chunk_id}")
             if not np.isfinite(row.dense).all():
                 raise store_error(f"vector for chunk {row.chunk_id} has NaN or infinite values")
-
-
-def open_store(url: str) -> Store:
-    """`postgresql://...` -> PostgreSQL + pgvector; anything else is a SQLite file path."""
-    if url.startswith(("postgresql://", "postgres://")):
-        from ovembed.store.postgres import PostgresStore
-
-        return PostgresStore(url)
-    from ovembed.store.sqlite import SQLiteStore
-
-    return SQLiteStore(url)

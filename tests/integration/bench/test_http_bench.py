@@ -1,4 +1,4 @@
-"""`python -m ovembed.evaluate.bench http` against a real service: a short run, zero errors, and the
+"""`ovembed bench http` against a real service: a short run, zero errors, and the
 HTTP-vs-engine comparison when an engine model is given."""
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import sys
 
 import pytest
 
-from serving import Server, free_port
+from cli_runner import run_cli
+from ovembed.bench.common import LocalServer as Server
+from ovembed.bench.common import free_port
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +24,7 @@ def service(minilm_int8):
 
 def run_bench(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "OVEMBED_API_KEY"}
-    return subprocess.run([sys.executable, "-m", "ovembed.evaluate.bench", "http", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "ovembed.cli", "bench", "http", *args], capture_output=True,
                           text=True, env=env, timeout=180)
 
 
@@ -59,6 +61,7 @@ def test_http_bench_without_engine_model_prints_no_comparison(service):
 
 
 def test_http_bench_exits_with_a_message_when_nothing_listens():
-    proc = run_bench("--url", f"http://127.0.0.1:{free_port()}", "--seconds", "0.5")
+    proc = run_cli("bench", "http", "--url", f"http://127.0.0.1:{free_port()}", "--seconds", "0.5",
+                   env={"OVEMBED_API_KEY": None})
     assert proc.returncode == 1
     assert "cannot connect" in proc.stderr and "Traceback" not in proc.stderr

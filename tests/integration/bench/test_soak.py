@@ -1,13 +1,14 @@
 """Issue 6, load: the soak command's short form. A real `ovembed serve` on loopback, 32 clients for
 20 s, a queue bound of 4 texts so backpressure happens; the long form is
-`python -m ovembed.evaluate.soak --model FOLDER --clients 64 --minutes 5 --max-tokens 8192`."""
+`ovembed bench soak --model FOLDER --clients 64 --minutes 5 --max-tokens 8192`."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import pytest
 
-from ovembed.evaluate.soak import SoakOptions, draw, length_classes, run_soak, soak_table
+from cli_runner import run_cli
+from ovembed.bench.mix import draw, length_classes
+from ovembed.bench.soak import SoakOptions, run_soak, soak_table
 
 
 def _soak(tmp_path, **options) -> dict:
@@ -16,6 +17,7 @@ def _soak(tmp_path, **options) -> dict:
     return report
 
 
+@pytest.mark.slow
 def test_short_soak_serves_everything_except_deliberate_503s_and_holds_the_queue_bound(tiny_m3_fp32, tmp_path):
     report = _soak(tmp_path, model=tiny_m3_fp32, seconds=20, warmup=5, max_tokens=300, queue_texts=4)
     rows, checks = report["requests"], report["checks"]
@@ -41,6 +43,7 @@ def test_short_soak_serves_everything_except_deliberate_503s_and_holds_the_queue
     assert memory["leak_samples"] >= 10 and memory["leak_slope_mb_per_min"] is not None
 
 
+@pytest.mark.slow
 def test_rss_stays_flat_after_warm_up_on_real_minilm_weights(minilm_int8, tmp_path):
     # The leak check's short form. Real MiniLM weights under mixed lengths up to 256 tokens make a new batch
     # shape on nearly every call, which is what filled OpenVINO's shape cache and oneDNN's kernel cache. With
@@ -70,20 +73,19 @@ def test_length_mix_is_seeded_and_stays_within_its_classes():
     assert 0.82 < share["query"] < 0.88 and 0.003 < share["document"] < 0.02
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ovembed.evaluate.soak", *args], capture_output=True, text=True,
-                          timeout=60)
+def _run(*args: str):
+    return run_cli("bench", *args)
 
 
 def test_bad_command_lines_get_a_clear_message_and_no_traceback(tmp_path):
     cases = [
-        (["--url", "http://example.com:8019"], "loopback"),
-        (["--model", str(tmp_path)], "not a model folder"),
-        (["--model", str(tmp_path), "--pid", "1"], "--pid goes with --url"),
-        (["--clients", "0", "--url", "http://127.0.0.1:9"], "positive"),
-        (["--url", "http://127.0.0.1:9"], "is not 200"),  # nothing listens there
-        (["--url", "http://127.0.0.1:9", "--server-env", "A=1"], "--server-env goes with --model"),
-        (["--model", str(tmp_path), "--server-env", "A"], "NAME=VALUE"),
+        (["soak", "--url", "http://example.com:8019"], "loopback"),
+        (["soak", "--model", str(tmp_path)], "not a model folder"),
+        (["soak", "--model", str(tmp_path), "--pid", "1"], "--pid goes with --url"),
+        (["soak", "--clients", "0", "--url", "http://127.0.0.1:9"], "positive"),
+        (["soak", "--url", "http://127.0.0.1:9"], "is not 200"),  # nothing listens there
+        (["soak", "--url", "http://127.0.0.1:9", "--server-env", "A=1"], "--server-env goes with --model"),
+        (["soak", "--model", str(tmp_path), "--server-env", "A"], "NAME=VALUE"),
         (["memory", "--model", str(tmp_path)], "not a model folder"),
         (["memory", "--model", str(tmp_path), "--scenarios", "huge"], "--scenarios"),
         (["memory", "--model", str(tmp_path), "--batch-tokens", "0"], "positive"),

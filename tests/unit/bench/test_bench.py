@@ -1,4 +1,4 @@
-"""`python -m ovembed.evaluate.bench engine` end to end: every backend (PyTorch via FlagEmbedding, ONNX Runtime
+"""`ovembed bench engine` end to end: every backend (PyTorch via FlagEmbedding, ONNX Runtime
 fp32 and dynamic int8, OpenVINO int8-weights, ours) on the tiny BGE-M3-layout model with tiny workloads.
 It checks that the figures are complete and consistent, not how fast anything is."""
 
@@ -10,12 +10,14 @@ import sys
 
 import pytest
 
+from cli_runner import run_cli
+
 BACKENDS = ["pytorch", "onnx-fp32", "onnx-int8", "int8-weights", "int8"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def run_bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ovembed.evaluate.bench", "engine", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "ovembed.cli", "bench", "engine", *args], capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -50,7 +52,7 @@ def test_every_backend_has_ordered_percentiles_and_positive_throughput(engine_ru
         assert r["corpus"]["texts"] == 8 and r["corpus"]["tokens"] > 8 * 3 and r["corpus"]["tokens_per_s"] > 0
         assert r["peak_rss_mb"] >= r["rss_after_load_mb"] > 0
     assert "FlagEmbedding" in report["results"]["pytorch"]["runner"]
-    assert report["command"].startswith("python -m ovembed.evaluate.bench engine ")
+    assert report["command"].startswith("ovembed bench engine ")
     assert report["machine"]["cores"] >= 1
 
 
@@ -86,12 +88,12 @@ def test_plots_are_png_files(engine_run):
     (["--seconds", "0"], "--seconds must be positive"),
 ])
 def test_bad_input_is_a_message_not_a_traceback(tiny_m3_source, args, message):
-    proc = run_bench(str(tiny_m3_source), *args, timeout=60)
+    proc = run_cli("bench", "engine", str(tiny_m3_source), *args)
     assert proc.returncode != 0
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_a_folder_without_a_model_is_refused(tmp_path):
-    proc = run_bench(str(tmp_path), timeout=60)
-    assert proc.returncode == 1
+    proc = run_cli("bench", "engine", str(tmp_path))
+    assert proc.returncode == 2  # an input error, in the one mapping of kinds to exit codes (was 1 before it)
     assert "not a Hugging Face model folder" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,5 +1,5 @@
 """Issue 6, memory: peak RSS of the worst merged call is bounded by the token budget (short form on the
-tiny model); the long form is `python -m ovembed.evaluate.soak memory --model FOLDER`."""
+tiny model); the long form is `ovembed bench memory --model FOLDER`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from ovembed.evaluate.soak import fit_formula, memory_rows, memory_table, predicted_peak, run_memory
+from ovembed.bench.memory import fit_formula, memory_rows, memory_table, predicted_peak, run_memory
 
 
 def test_peak_memory_grows_with_the_budget_and_the_fitted_formula_predicts_a_larger_budget(tiny_m3_fp32):

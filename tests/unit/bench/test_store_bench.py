@@ -1,4 +1,4 @@
-"""`python -m ovembed.evaluate.store_bench` at tiny sizes: search on SQLite and embedded PostgreSQL (recall of
+"""`ovembed bench store` at tiny sizes: search on SQLite and embedded PostgreSQL (recall of
 HNSW against exact search), and the re-embedding job against the engine on real passages."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 
 
 def run_store_bench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ovembed.evaluate.store_bench", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "ovembed.cli", "bench", "store", *args], capture_output=True,
                           text=True, timeout=180)
 
 
@@ -37,7 +37,7 @@ def test_search_on_sqlite_is_exact(tmp_path):
     assert list(rows) == ["sqlite (temp file)"]
     assert check_search_row(rows["sqlite (temp file)"]) == 1.0  # NumPy over every vector: exact
     report = json.loads(out.read_text())
-    assert report["machine"]["cores"] and report["command"].startswith("python -m ovembed.evaluate.store_bench search")
+    assert report["machine"]["cores"] and report["command"].startswith("ovembed bench store search")
     assert report["results"][0]["peak_rss_mb"] >= report["results"][0]["rss_mb"] > 0
 
 

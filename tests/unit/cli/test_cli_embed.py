@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
+
+from cli_runner import run_cli
 
 TEXTS = ["first text", "zweiter Text", "第三个", ""]
 
 
 def run(*args, stdin=None):
-    return subprocess.run(
-        [sys.executable, "-m", "ovembed.cli", "embed", *args], input=stdin, capture_output=True, text=True, timeout=120
-    )
+    return run_cli("embed", *args, input=stdin)
 
 
 def test_embed_prints_one_json_line_per_text_in_order(tiny_m3_fp32, tiny_m3_model):

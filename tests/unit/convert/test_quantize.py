@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
+from cli_runner import run_cli
 from ovembed import load_model
 from ovembed.cli import main as cli_main
 from ovembed.convert.synthetic import builtin_texts
-from ovembed.models import Manifest, sha256_file
+from ovembed.manifest import Manifest, sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +150,7 @@ def test_offline_mode_names_the_model_too(tmp_path):
 def test_bad_quantize_input_exits_2_with_a_message(args, message, tiny_m3_source, tmp_path):
     (tmp_path / "empty").mkdir()
     args = [a.format(src=tiny_m3_source, empty=tmp_path / "empty") for a in args]
-    proc = _run_cli("quantize", *args, "--precision", "int8", "--output", str(tmp_path / "o"))
+    proc = run_cli("quantize", *args, "--precision", "int8", "--output", str(tmp_path / "o"))
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
 

@@ -10,7 +10,8 @@ import pytest
 
 from ovembed import ErrorKind, OvembedError, TokenBudget, load_model
 from ovembed.engine.batcher import plan_batches
-from ovembed.engine.outputs import combined_score, lexical_score, lexical_weights
+from ovembed.engine.outputs import lexical_weights
+from ovembed.engine.scoring import combined_score, lexical_score
 
 EDGE_TEXTS = ["", " ", "\t\n ", "😀🚀🎉", "東京は日本の首都です。", "שלום עולם", "مرحبا بالعالم", "x"]
 
@@ -152,7 +153,8 @@ def test_missing_folder_and_missing_manifest_are_clear_errors(tmp_path):
 def test_serving_path_imports_no_torch_or_transformers(tiny_m3_fp32):
     code = (
         "import sys, ovembed; m = ovembed.load_model(sys.argv[1]); m.embed(['x'], sparse=True, colbert=True);"
-        "import ovembed.server.app, ovembed.rag, ovembed.store, ovembed.reembed, ovembed.client;"
+        "import ovembed.server.app, ovembed.rag, ovembed.embedders, ovembed.store, ovembed.reembed, ovembed.client;"
+        "import ovembed.manifest, ovembed.engine.scoring;"
         "bad = [n for n in ('torch', 'transformers', 'nncf', 'ray') if n in sys.modules]; print(bad);"
         "sys.exit(1 if bad else 0)"
     )

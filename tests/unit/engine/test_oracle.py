@@ -6,7 +6,7 @@ import numpy as np
 import openvino as ov
 import pytest
 
-from ovembed.engine.outputs import colbert_score, combined_score, dense_score, lexical_score
+from ovembed.engine.scoring import colbert_score, combined_score, dense_score, lexical_score
 
 TEXTS = [
     "What is BGE-M3?",

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from ovembed.evaluate.retrieval import load_retrieval, mrr_at_k, ndcg_at_k, recall_at_k, score_run, spearman
+from ovembed.quality.datasets import load_retrieval
+from ovembed.quality.metrics import mrr_at_k, ndcg_at_k, recall_at_k, score_run, spearman
 
 
 def test_ndcg_recall_mrr_on_hand_made_qrels():
@@ -75,6 +76,7 @@ def test_missing_files_are_a_clear_error(tmp_path, minilm_int8):
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_minilm_fp32_lands_on_the_published_mteb_scores(shared_data, minilm_fp32, tmp_path):
     published = {"xquad/en": 0.944, "xquad/de": 0.703, "xquad/es": 0.632,
                  "stsb_multi_mt/en": 0.820, "stsb_multi_mt/de": 0.624}
@@ -121,7 +123,8 @@ def _subset(source, target, n_docs: int, n_queries: int):
 
 
 def test_every_mode_ranks_as_flagembedding_compute_score(shared_data, tmp_path, flag_oracle, tiny_embedder):
-    from ovembed.evaluate.quality import MODES, NEEDS, Scorer, encode
+    from ovembed.quality.cache import encode
+    from ovembed.quality.modes import MODES, NEEDS, Scorer
 
     ds = load_retrieval(_subset(shared_data / "xquad" / "en", tmp_path / "xq", n_docs=12, n_queries=8))
     docs, qids = list(ds.corpus), list(ds.qrels)
@@ -183,9 +186,10 @@ def test_cross_lingual_needs_shared_ids(tmp_path, minilm_int8):
     assert proc.returncode == 2 and "shared ids" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_int8_recipes_stay_within_001_of_fp32_on_every_shared_set(shared_data, tmp_path_factory, minilm_fp32,
                                                                    minilm_int8, minilm_int8_weights):
-    from ovembed.evaluate.quality import evaluate
+    from ovembed.quality import evaluate
 
     sets = sorted(str(p.parent) for p in shared_data.glob("*/*/pairs.tsv")) + \
         sorted(str(p.parent) for p in shared_data.glob("*/*/corpus.jsonl"))

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ovembed.embedders import LocalEmbedder
 from ovembed.errors import OvembedError
-from ovembed.rag import RAG, LocalEmbedder, read_documents
+from ovembed.rag import RAG, read_documents
 from ovembed.reembed import reembed
 from ovembed.store import open_store
 
@@ -32,6 +33,7 @@ def snapshot(rag: RAG, queries=QUERIES_DE, k=10):
     return [[(r.chunk.id, round(r.score, 5)) for r in rag.search(q, k=k)] for q in queries]
 
 
+@pytest.mark.slow
 def test_migration_keeps_search_unchanged_until_activation_and_rollback_restores_it(
         store_url, shared_data, minilm_embedder, tiny_embedder):
     with open_store(store_url) as store:
@@ -86,6 +88,7 @@ def _vectors_by_position(db: str, space: str) -> dict[tuple[str, int], np.ndarra
         return {(c.doc_id, c.seq): dense[c.id] for c in chunks if c.id in dense}
 
 
+@pytest.mark.slow
 def test_reembed_survives_kill_9_and_resumes_to_the_uninterrupted_result(
         store_url, tmp_path, shared_data, tiny_embedder, minilm_fp32):
     docs = corpus(shared_data, "de", 120)
@@ -166,6 +169,7 @@ def _ndcg_at_10(ranked: list[str], relevant: set[str]) -> float:
     return 0.0
 
 
+@pytest.mark.slow
 def test_full_stack_retrieval_quality_matches_the_engine_on_xquad_en(tmp_path, shared_data, minilm_embedder, minilm_int8):
     data = shared_data / "xquad" / "en"
     queries = [json.loads(line) for line in (data / "queries.jsonl").read_text().splitlines()]
@@ -239,6 +243,7 @@ def test_a_database_that_does_not_answer_is_a_clear_error(tmp_path, minilm_int8)
     assert "s3cret" not in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_spaces_cli_lists_activates_and_drops(tmp_path, shared_data, minilm_int8, tiny_m3_fp32):
     db = str(tmp_path / "s.db")
     assert _cli("ingest", str(shared_data / "xquad" / "de" / "corpus.jsonl"), "--db", db, "--model",

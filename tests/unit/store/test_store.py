@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ovembed.engine.outputs import lexical_score
+from ovembed.engine.scoring import lexical_score
 from ovembed.errors import OvembedError
 from ovembed.store import ChunkInput, Space, VectorRow, open_store
 

@@ -1,4 +1,5 @@
-"""Known model specs (to fill gaps a model folder leaves) and the manifest, ovembed.json.
+"""The model folder's manifest (ovembed.json), known model specs (to fill gaps a folder leaves) and finding
+a model folder by path, name or hub id.
 
 The manifest is the contract between `ovembed quantize` and the engine: the engine reads
 everything it needs (pooling, dimension, max length, outputs, special tokens) from it."""
@@ -119,8 +120,8 @@ class Manifest:
     def check_files(self, folder: Path, checksums: bool = True) -> None:
         """Refuse a folder whose files are missing or differ from what was verified.
 
-        Presence and sizes are always checked (a stat per file). `checksums` also hashes every file
-        (SHA-256, about 1 GB/s on one core: ~0.5 s for BGE-M3 int8's 571 MB when cached, more from a cold disk)."""
+        Presence and sizes are always checked (a stat per file). `checksums` also hashes every file, which costs
+        load time in proportion to the model's size (figures: docs/reliability.md#3-faults)."""
         for name, expected in self.files.items():
             path = Path(folder) / name
             if not path.is_file():
@@ -145,3 +146,25 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def find_folder(spec: str, models_dir: Path) -> Path | None:
+    """A folder as given, or one under models_dir named `spec` or whose manifest's id or short name is
+    `spec`; when several precisions of one model are there, a hub id means the int8 one."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if not models_dir.is_dir():
+        return None
+    matches = []
+    # Hidden folders are skipped: `ovembed quantize` builds in `.NAME.partial-PID` (a crash can leave one).
+    for folder in sorted(p.parent for p in models_dir.glob(f"[!.]*/{MANIFEST_NAME}")):
+        if folder.name == spec:
+            return folder
+        try:
+            manifest = Manifest.read(folder)
+        except OvembedError:
+            continue
+        if spec in (manifest.source, manifest.name):
+            matches.append((manifest.precision != "int8", folder))
+    return min(matches)[1] if matches else None

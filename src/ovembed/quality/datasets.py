@@ -1,5 +1,5 @@
-"""Retrieval and STS quality, computed as BEIR/MTEB do: nDCG@k (gain = relevance, log2 discount, per query,
-then the mean), Recall@k, MRR@k on BEIR-layout folders; Spearman of cosine vs gold on STS pairs."""
+"""`ovembed eval`'s inputs: BEIR-layout retrieval folders and STS pair files (plain or gzip), and which
+retrieval folders of one collection pair up for cross-lingual runs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import csv
 import gzip
 import io
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,53 +75,12 @@ def load_sts(folder: str | Path, split: str = "pairs.tsv") -> tuple[list[str], l
         raise validation(f"{folder}/{split}: needs columns sentence1, sentence2, score ({exc})") from None
 
 
-def ndcg_at_k(ranked: list[str], relevant: dict[str, int], k: int) -> float:
-    dcg = sum(relevant.get(doc, 0) / math.log2(i + 2) for i, doc in enumerate(ranked[:k]))
-    ideal = sorted((r for r in relevant.values() if r > 0), reverse=True)[:k]
-    idcg = sum(r / math.log2(i + 2) for i, r in enumerate(ideal))
-    return dcg / idcg if idcg > 0 else 0.0
+def dataset_name(folder: Path) -> str:
+    return f"{folder.parent.name}/{folder.name}"
 
 
-def recall_at_k(ranked: list[str], relevant: dict[str, int], k: int) -> float:
-    wanted = {d for d, r in relevant.items() if r > 0}
-    return len(wanted & set(ranked[:k])) / len(wanted) if wanted else 0.0
-
-
-def mrr_at_k(ranked: list[str], relevant: dict[str, int], k: int) -> float:
-    for i, doc in enumerate(ranked[:k]):
-        if relevant.get(doc, 0) > 0:
-            return 1.0 / (i + 1)
-    return 0.0
-
-
-def score_run(run: dict[str, list[str]], qrels: dict[str, dict[str, int]], k: int = 10) -> dict[str, float]:
-    """Mean metrics over the queries that have qrels (a query with no results scores 0)."""
-    metrics = {f"ndcg@{k}": ndcg_at_k, f"recall@{k}": recall_at_k, "recall@100": recall_at_k, f"mrr@{k}": mrr_at_k}
-    out = {}
-    for name, fn in metrics.items():
-        cut = 100 if name == "recall@100" else k
-        out[name] = float(np.mean([fn(run.get(q, []), rel, cut) for q, rel in qrels.items()]))
-    return out
-
-
-def dense_run(query_ids: list[str], query_vecs: np.ndarray, doc_ids: list[str], doc_vecs: np.ndarray,
-              depth: int = 100) -> dict[str, list[str]]:
-    """Top `depth` documents per query by dot product (vectors L2-normalised: cosine)."""
-    run = {}
-    for start in range(0, len(query_ids), 256):
-        scores = query_vecs[start : start + 256] @ doc_vecs.T
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
-        for row, qid in enumerate(query_ids[start : start + 256]):
-            run[qid] = [doc_ids[j] for j in top[row]]
-    return run
-
-
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n, ties sharing their average rank (as scipy.stats.rankdata)."""
-    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    return (starts + (counts + 1) / 2)[inverse]
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.corrcoef(_average_ranks(np.asarray(a)), _average_ranks(np.asarray(b)))[0, 1])
+def cross_lingual_pairs(folders: list[Path]) -> list[tuple[Path, Path]]:
+    """(queries folder, corpus folder) for every ordered pair of retrieval folders of the same collection
+    (siblings, e.g. xquad/de and xquad/en): their ids are shared, so one's qrels hold for the other's corpus."""
+    retrieval = [f for f in folders if is_retrieval(f)]
+    return [(q, c) for q in retrieval for c in retrieval if q != c and q.parent.resolve() == c.parent.resolve()]

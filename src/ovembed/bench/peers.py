@@ -11,13 +11,14 @@ Exported ONNX files are cached beside the OpenVINO folders, so repeated runs ski
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from ovembed.bench.common import cores
 
 ONNX_FILE = "model.onnx"
 OPENVINO_BACKENDS = ("fp32", "int8-weights", "int8")
@@ -34,11 +35,6 @@ LABELS = {
 OURS = "int8"
 
 Run = Callable[[list[list[int]]], object]
-
-
-def cores() -> int:
-    """CPUs this process may use (the container's share, not the host's)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def pad(ids: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
