@@ -39,7 +39,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests
 
 bench: $(VENV)/.installed
-	$(BIN)/python -m ovembed.evaluate.bench engine $(BENCH_ARGS)
+	$(BIN)/ovembed bench engine --corpus ../shared/data/xquad/en/corpus.jsonl $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

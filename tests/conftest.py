@@ -49,30 +49,22 @@ def models_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("models")
 
 
-@pytest.fixture(scope="session")
-def tiny_m3_fp32(tiny_m3_source, models_dir) -> Path:
-    return _convert(tiny_m3_source, models_dir / "tiny-m3-fp32", "fp32")
+def _converted(source: str, name: str, precision: str, **kwargs):
+    """A session fixture: the model folder `name`, converted once from the fixture `source`."""
+
+    @pytest.fixture(scope="session")
+    def folder(request, models_dir) -> Path:
+        return _convert(request.getfixturevalue(source), models_dir / name, precision, **kwargs)
+
+    return folder
 
 
-@pytest.fixture(scope="session")
-def tiny_m3_int8(tiny_m3_source, models_dir) -> Path:
-    # Random weights: the gate's cosine thresholds are for trained models.
-    return _convert(tiny_m3_source, models_dir / "tiny-m3-int8", "int8", gate=False)
-
-
-@pytest.fixture(scope="session")
-def minilm_int8(minilm_source, models_dir) -> Path:
-    return _convert(minilm_source, models_dir / "minilm-int8", "int8", model_id=MINILM_ID)
-
-
-@pytest.fixture(scope="session")
-def minilm_fp32(minilm_source, models_dir) -> Path:
-    return _convert(minilm_source, models_dir / "minilm-fp32", "fp32")
-
-
-@pytest.fixture(scope="session")
-def minilm_int8_weights(minilm_source, models_dir) -> Path:
-    return _convert(minilm_source, models_dir / "minilm-int8-weights", "int8-weights", model_id=MINILM_ID)
+tiny_m3_fp32 = _converted("tiny_m3_source", "tiny-m3-fp32", "fp32")
+# Random weights: the gate's cosine thresholds are for trained models.
+tiny_m3_int8 = _converted("tiny_m3_source", "tiny-m3-int8", "int8", gate=False)
+minilm_int8 = _converted("minilm_source", "minilm-int8", "int8", model_id=MINILM_ID)
+minilm_fp32 = _converted("minilm_source", "minilm-fp32", "fp32")
+minilm_int8_weights = _converted("minilm_source", "minilm-int8-weights", "int8-weights", model_id=MINILM_ID)
 
 
 @pytest.fixture(scope="session")

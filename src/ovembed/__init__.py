@@ -1,7 +1,8 @@
 """ovembed: BGE-M3 (and other encoders) as INT8 OpenVINO models on the CPU."""
 
+from ovembed.client import Client
 from ovembed.engine import EmbeddingModel, Embeddings, TokenBudget, load_model
 from ovembed.errors import ErrorKind, OvembedError
 
 __version__ = "0.1.0"
-__all__ = ["EmbeddingModel", "Embeddings", "ErrorKind", "OvembedError", "TokenBudget", "load_model"]
+__all__ = ["Client", "EmbeddingModel", "Embeddings", "ErrorKind", "OvembedError", "TokenBudget", "load_model"]

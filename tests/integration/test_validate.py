@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from cli_runner import run_cli
 from ovembed.bench.common import LocalServer as Server
 from ovembed.bench.common import free_port
 
@@ -93,7 +94,7 @@ def test_validate_reports_an_unreachable_service_as_a_failed_check_without_trace
 
 
 def test_validate_rejects_a_url_without_scheme_as_usage_error():
-    proc = run_validate("--url", "localhost:8019")
+    proc = run_cli("validate", "--url", "localhost:8019")
     assert proc.returncode == 2
     assert "--url must start with http://" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
 import numpy as np
 
 from ovembed.bench.common import machine, markdown, percentiles_ms, run_clients, time_runs
@@ -37,15 +36,12 @@ class HttpOptions:
     command: str = ""
 
 
-def _check_reachable(client: Client) -> None:
-    try:
-        response = client._http.get("/health")
-    except httpx.TransportError as exc:
-        raise OvembedError(ErrorKind.UNAVAILABLE, f"cannot connect to {client.url} ({exc}): is `ovembed serve` "
-                           "running there?") from None
-    if response.status_code != 200:
-        raise OvembedError(ErrorKind.UNAVAILABLE, f"{client.url}/health answered {response.status_code}: "
-                           f"{response.text[:200]}")
+def _check_ready(client: Client) -> None:
+    """The service answers and is ready: otherwise one line and exit 1, before any texts are sized."""
+    health = client.health()
+    if health.get("status") != "ok":
+        raise OvembedError(ErrorKind.UNAVAILABLE, f"{client.url}/health says {health.get('status')!r}: "
+                           f"{health.get('detail')}")
 
 
 def _token_counts(client: Client, model: str | None, texts: list[str]) -> list[int] | None:
@@ -160,7 +156,7 @@ def run_http(opts: HttpOptions) -> dict:
     url = opts.url.rstrip("/")
     headers = {"Authorization": f"Bearer {opts.api_key}"} if opts.api_key else {}
     with Client(url, api_key=opts.api_key, timeout=HTTP_TIMEOUT_S, retries=0) as client:
-        _check_reachable(client)
+        _check_ready(client)
         sized = {t: _texts_of_tokens(client, opts.model, t) for t in opts.tokens}
     texts_by_tokens = {t: texts for t, (texts, _) in sized.items()}
     engine = None

@@ -25,7 +25,7 @@ import psutil
 
 from ovembed.bench.common import LocalServer, machine, markdown, percentiles_ms, proc_status
 from ovembed.bench.mix import LengthClass, Sizer, draw, length_classes
-from ovembed.bench.watch import health_status, leak_check, sample_server, scrape
+from ovembed.bench.watch import health_state, leak_check, sample_server, scrape
 from ovembed.client import Client
 from ovembed.errors import OvembedError, validation
 from ovembed.workload import WORDS
@@ -166,8 +166,9 @@ def run_soak(opts: SoakOptions, progress=None) -> dict:
     url, pid = (server.url, server.proc.pid) if server else (opts.url.rstrip("/"), opts.pid)
     try:
         with Client(url, timeout=5.0, retries=0) as control:
-            if server is None and health_status(control) != 200:
-                raise validation(f"{url}/health is not 200: is `ovembed serve` running and ready there?")
+            state = health_state(control) if server is None else "ok"
+            if state != "ok":
+                raise validation(f"{url}/health is not 200 ({state}): is `ovembed serve` running and ready there?")
             return _soak(url, pid, server, control, opts, say)
     finally:
         if server is not None:
@@ -230,7 +231,7 @@ def _soak(url: str, pid: int | None, server: LocalServer | None, control: Client
     final = scrape(control) or {}  # the counters as they stand after the last answer
     status = proc_status(pid) if pid else {}
     alive = server.alive() if server is not None else psutil.pid_exists(pid) if pid else None
-    end = {"rss_idle": rss_idle, "status": status, "alive": alive, "health": health_status(control), "stuck": stuck,
+    end = {"rss_idle": rss_idle, "status": status, "alive": alive, "health": health_state(control), "stuck": stuck,
            "drained": drained}
     report = _report(opts, url, classes, tally, samples, warmup, max_tokens, end)
     if final:
@@ -278,7 +279,7 @@ def _checks(opts: SoakOptions, tally: Tally, queue: dict, leak: dict, end: dict)
     else:
         checks["RSS flat after warm-up"] = {"passed": None, "value": "not measured (no server pid, or too short)"}
     alive = end["alive"]
-    checks["server alive and healthy"] = {"passed": alive is not False and end["health"] == 200,
+    checks["server alive and healthy"] = {"passed": alive is not False and end["health"] == "ok",
                                           "value": f"process {'running' if alive else 'gone' if alive is False else '?'}"
                                           f", /health {end['health']}"}
     return checks

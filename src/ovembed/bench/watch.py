@@ -6,12 +6,12 @@ from __future__ import annotations
 import threading
 import time
 
-import httpx
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from ovembed.bench.common import proc_status
 from ovembed.client import Client
+from ovembed.errors import OvembedError
 
 METRICS = ("ovembed_queue_texts", "ovembed_queue_texts_high_water", "ovembed_queue_limit_texts",
            "ovembed_overloaded_total", "ovembed_requests_total")
@@ -33,18 +33,17 @@ def parse_metrics(text: str) -> dict[str, dict[str, float]]:
 def scrape(control: Client) -> dict[str, dict[str, float]] | None:
     """The server's queue and request figures now, or None when /metrics does not answer."""
     try:
-        response = control._http.get("/metrics")
-        return parse_metrics(response.text) if response.status_code == 200 else None
-    except (httpx.TransportError, ValueError):
+        return parse_metrics(control.metrics_text())
+    except (OvembedError, ValueError):
         return None
 
 
-def health_status(control: Client) -> int:
-    """/health's status code; 0 when nothing answers."""
+def health_state(control: Client) -> str:
+    """/health's status ("ok", "loading", "error"), or why there is none."""
     try:
-        return control._http.get("/health").status_code
-    except httpx.TransportError:
-        return 0
+        return str(control.health().get("status"))
+    except OvembedError as exc:
+        return f"no answer ({exc})"
 
 
 def sample_server(control: Client, pid: int | None, stop: threading.Event, started: float, samples: list[dict]) -> None:

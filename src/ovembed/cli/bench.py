@@ -35,7 +35,7 @@ from ovembed.cli.common import (
 )
 
 
-@click.group(cls=OvembedGroup)
+@click.group(cls=OvembedGroup, short_help="speed and resources: engine vs peers, a service under load, soak, memory, stores")
 def bench() -> None:
     """Speed and resource measurements: ours against peers, a service under load, memory, stores."""
 
@@ -251,7 +251,7 @@ def memory(model, batch_tokens, infer_requests, scenarios, max_length, json_path
 # --- store ------------------------------------------------------------------------------------------
 
 
-@bench.group(cls=OvembedGroup)
+@bench.group(cls=OvembedGroup, short_help="dense search per store backend; re-embedding against the engine")
 def store() -> None:
     """Stores: dense search per backend, and the re-embedding pipeline against the engine."""
 

@@ -37,6 +37,7 @@ def engine_run(tiny_m3_source, tiny_m3_int8, shared_data, tmp_path_factory):
     return proc, json.loads((out / "bench.json").read_text()), out / "plots"
 
 
+@pytest.mark.slow
 def test_every_backend_has_ordered_percentiles_and_positive_throughput(engine_run):
     _, report, _ = engine_run
     assert list(report["results"]) == BACKENDS
@@ -56,6 +57,7 @@ def test_every_backend_has_ordered_percentiles_and_positive_throughput(engine_ru
     assert report["machine"]["cores"] >= 1
 
 
+@pytest.mark.slow
 def test_ratios_are_computed_from_the_figures(engine_run):
     proc, report, _ = engine_run
     results, ratios = report["results"], report["ratios"]
@@ -73,6 +75,7 @@ def test_ratios_are_computed_from_the_figures(engine_run):
         assert f"ours (int8) vs {peer} (" in proc.stdout
 
 
+@pytest.mark.slow
 def test_plots_are_png_files(engine_run):
     _, _, plots = engine_run
     names = ["latency_vs_tokens.png", "throughput_vs_batch.png", "throughput_vs_concurrency.png",

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from ovembed.bench.memory import fit_formula, memory_rows, memory_table, predicted_peak, run_memory
 
 
@@ -63,6 +65,7 @@ def _cache_child(folder, kernel_cache: int, calls: int = 150, env: dict[str, str
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_the_kernel_cache_bounds_rss_growth_under_new_shapes(minilm_int8):
     # Real MiniLM weights, 150 calls of new shapes after warm-up. With oneDNN's default (1024 kernels) the
     # process grows by several hundred MB; capped, by a fraction of it (one run: +573 MB against +175 MB).

@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 
 def run_store_bench(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ovembed.cli", "bench", "store", *args], capture_output=True,
@@ -50,6 +52,7 @@ def test_search_on_embedded_postgres_reports_hnsw_recall():
     assert float(rows["postgresql (embedded)"][10]) > 0  # the server's memory is measured too
 
 
+@pytest.mark.slow
 def test_reembed_compares_the_job_with_the_engine(minilm_int8, shared_data, tmp_path):
     out = tmp_path / "reembed.json"
     proc = run_store_bench("reembed", "--model", str(minilm_int8), "--data", str(shared_data / "xquad/en/corpus.jsonl"),

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
+from cli_runner import run_cli
 from ovembed.quality.datasets import load_retrieval
 from ovembed.quality.metrics import mrr_at_k, ndcg_at_k, recall_at_k, score_run, spearman
 
@@ -72,7 +73,7 @@ def test_missing_files_are_a_clear_error(tmp_path, minilm_int8):
     (tmp_path / "empty").mkdir()
     for data, message in ((tmp_path / "half", "no queries.jsonl"), (tmp_path / "empty", "no pairs.tsv"),
                           (tmp_path / "none", "not a folder")):
-        proc = _eval("--data", str(data), "--model", str(minilm_int8), "--no-cache")
+        proc = run_cli("eval", "--data", data, "--model", minilm_int8, "--no-cache")
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -181,8 +182,8 @@ def test_cross_lingual_needs_shared_ids(tmp_path, minilm_int8):
     for name in ("queries.jsonl", "qrels.tsv"):
         (tmp_path / "c" / "b" / name).write_text((tmp_path / "c" / "a" / name).read_text())
     (tmp_path / "c" / "b" / "corpus.jsonl").write_text('{"_id": "other", "text": "gamma"}\n')
-    proc = _eval("--data", str(tmp_path / "c" / "a"), "--data", str(tmp_path / "c" / "b"), "--cross-lingual",
-                 "--model", str(minilm_int8), "--no-cache")
+    proc = run_cli("eval", "--data", tmp_path / "c" / "a", "--data", tmp_path / "c" / "b", "--cross-lingual",
+                   "--model", minilm_int8, "--no-cache")
     assert proc.returncode == 2 and "shared ids" in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli_runner import run_cli
 from ovembed.embedders import LocalEmbedder
 from ovembed.errors import OvembedError
 from ovembed.rag import RAG, read_documents
@@ -218,7 +219,7 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, minilm_int8):
         ([str(folder)], "not UTF-8"),
     ]
     for args, message in cases:
-        proc = _cli("ingest", *args, "--db", db, "--model", str(minilm_int8))
+        proc = run_cli("ingest", *args, "--db", db, "--model", minilm_int8)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not Path(db).exists() or open_store(db).count_chunks() == 0
 

@@ -1,1 +1,0 @@
-"""Measurement: speed (bench) and, later, retrieval quality (eval)."""
