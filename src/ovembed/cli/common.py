@@ -33,7 +33,7 @@ class OvembedGroup(click.Group):
 
     def resolve_command(self, ctx: click.Context, args: list[str]):
         name, command, rest = super().resolve_command(ctx, args)
-        ctx.meta.setdefault("ovembed.command", f"{ctx.command_path} {name}")
+        ctx.meta["ovembed.command"] = f"{ctx.command_path} {name}"  # the innermost group resolves last
         return name, command, rest
 
     def invoke(self, ctx: click.Context):

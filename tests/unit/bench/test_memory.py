@@ -57,6 +57,11 @@ print(json.dumps({"growth_mb": process.memory_info().rss / 2**20 - warm, "in_for
 """
 
 
+def _cpu_flags() -> set[str]:
+    with open("/proc/cpuinfo") as info:
+        return next((set(line.split(":", 1)[1].split()) for line in info if line.startswith("flags")), set())
+
+
 def _cache_child(folder, kernel_cache: int, calls: int = 150, env: dict[str, str] | None = None) -> dict:
     full_env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"} | (env or {})
     proc = subprocess.run([sys.executable, "-c", _CACHE_CHILD, str(folder), str(kernel_cache), str(calls)], env=full_env,
@@ -73,7 +78,13 @@ def test_the_kernel_cache_bounds_rss_growth_under_new_shapes(minilm_int8):
     capped = _cache_child(minilm_int8, 32)
     assert (default["in_force"], default["env"]) == (1024, "1024")
     assert (capped["in_force"], capped["env"]) == (32, "32")  # set before the first compile; a later ask (5) is ignored
-    assert capped["growth_mb"] < 0.5 * default["growth_mb"], (capped, default)
+    if _cpu_flags() & {"amx_int8", "avx512_vnni"}:
+        # The INT8 kernels this project targets (docs/reliability.md#the-kernel-cache): one per layer and shape.
+        assert capped["growth_mb"] < 0.5 * default["growth_mb"], (capped, default)
+    else:
+        # On AVX2-only CPUs (seen: AMD EPYC) oneDNN builds other kernels and the cap saves less (one run: +383 MB
+        # against +440 MB); it must still save.
+        assert capped["growth_mb"] < default["growth_mb"], (capped, default)
     assert default["growth_mb"] > 100, default  # the check would catch the unbounded default
 
 
