@@ -90,7 +90,6 @@ class IntList(click.ParamType):
 
 INT_LIST = IntList()
 POSITIVE_INT = click.IntRange(min=1)
-POSITIVE_FLOAT = click.FloatRange(min=0, min_open=True)
 
 Decorator = Callable[[Callable], Callable]
 

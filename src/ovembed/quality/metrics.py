@@ -37,18 +37,6 @@ def score_run(run: dict[str, list[str]], qrels: dict[str, dict[str, int]], k: in
     return out
 
 
-def dense_run(query_ids: list[str], query_vecs: np.ndarray, doc_ids: list[str], doc_vecs: np.ndarray,
-              depth: int = 100) -> dict[str, list[str]]:
-    """Top `depth` documents per query by dot product (vectors L2-normalised: cosine)."""
-    run = {}
-    for start in range(0, len(query_ids), 256):
-        scores = query_vecs[start : start + 256] @ doc_vecs.T
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
-        for row, qid in enumerate(query_ids[start : start + 256]):
-            run[qid] = [doc_ids[j] for j in top[row]]
-    return run
-
-
 def _average_ranks(x: np.ndarray) -> np.ndarray:
     """Ranks 1..n, ties sharing their average rank (as scipy.stats.rankdata)."""
     _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
