@@ -3,14 +3,12 @@ calls a `run_…` of `ovembed.bench`, prints the report for people and writes it
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import click
 import psutil
-from click.core import ParameterSource
 
 from ovembed.bench.common import progress, write_json
 from ovembed.bench.engine import DEFAULT_BACKENDS, EngineOptions, engine_text, run_engine
@@ -28,8 +26,10 @@ from ovembed.cli.common import (
     Decorator,
     OvembedGroup,
     api_key_option,
+    command_line,
     model_folder_option,
     positive,
+    service_url,
     url_option,
     usage,
 )
@@ -46,23 +46,6 @@ def json_file_option(help: str = "write the figures to this file") -> Decorator:
 
 def plots_option() -> Decorator:
     return click.option("--plots", type=click.Path(path_type=Path), help="write PNG plots into this folder")
-
-
-def command_line() -> str:
-    """The command as typed, rebuilt from the options not left at their defaults: what a report records."""
-    ctx = click.get_current_context()
-    words = [ctx.command_path]
-    for param in ctx.command.params:
-        if ctx.get_parameter_source(param.name) in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None):
-            continue
-        value = ctx.params[param.name]
-        if getattr(param, "is_flag", False):
-            words += [param.opts[0]] if value else []
-            continue
-        for one in value if param.multiple else [value]:
-            text = shlex.quote(",".join(map(str, one)) if isinstance(one, list) else str(one))
-            words += [text] if isinstance(param, click.Argument) else [param.opts[0], text]
-    return " ".join(words)
 
 
 def _show(report: dict, text: str, json_path: Path | None, plots: Path | None = None,
@@ -165,8 +148,7 @@ def http(json_path, plots, **options) -> None:
 
 def _soak_options(url, model, pid, minutes, route, server_env, max_slope, max_growth, **settings) -> SoakOptions:
     """The soak's options, checked in the order the tools always checked them."""
-    if model and click.get_current_context().get_parameter_source("url") is ParameterSource.ENVIRONMENT:
-        url = None  # OVEMBED_URL is only a default: an explicit --model wins over it
+    url = service_url(url, model)
     if not url and not model:
         raise usage("give --url (a running service) or --model (a folder to serve)")
     if url and model:

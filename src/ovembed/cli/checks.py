@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
@@ -13,6 +12,7 @@ from ovembed.cli.common import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
     api_key_option,
+    command_line,
     json_option,
     positive,
     print_json,
@@ -46,7 +46,7 @@ def eval_(data, models, mode, cross_lingual, k, report_path, cache_dir, no_cache
     rows = evaluate(list(models), list(data), k=k, cache=None if no_cache else cache_dir, api_key=api_key,
                     modes=list(MODES) if mode == "all" else [mode], cross_lingual=cross_lingual)
     if report_path:
-        report_path.write_text(report(rows, "ovembed " + " ".join(sys.argv[1:])))
+        report_path.write_text(report(rows, command_line()))
     click.echo(json.dumps(rows, ensure_ascii=False) if as_json else table(rows))
 
 

@@ -4,11 +4,13 @@ option definitions (declared once, with their environment defaults)."""
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from ovembed.errors import ErrorKind, OvembedError
 
@@ -125,3 +127,27 @@ def read_lines_or_args(texts: tuple[str, ...]) -> list[str]:
     if list(texts) == ["-"]:
         return [line.rstrip("\n") for line in sys.stdin]
     return list(texts)
+
+
+def command_line() -> str:
+    """The command as typed, rebuilt from the options not left at their defaults: what a report records."""
+    ctx = click.get_current_context()
+    words = [ctx.command_path]
+    for param in ctx.command.params:
+        if ctx.get_parameter_source(param.name) in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None):
+            continue
+        value = ctx.params[param.name]
+        if getattr(param, "is_flag", False):
+            words += [param.opts[0]] if value else []
+            continue
+        for one in value if param.multiple else [value]:
+            text = shlex.quote(",".join(map(str, one)) if isinstance(one, list) else str(one))
+            words += [text] if isinstance(param, click.Argument) else [param.opts[0], text]
+    return " ".join(words)
+
+
+def service_url(url: str | None, model: str | None) -> str | None:
+    """`--url`, unless an explicit `--model` was given and the URL came only from OVEMBED_URL (a default)."""
+    if model and click.get_current_context().get_parameter_source("url") is ParameterSource.ENVIRONMENT:
+        return None
+    return url

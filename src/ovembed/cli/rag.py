@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import click
-from click.core import ParameterSource
 
-from ovembed.cli.common import api_key_option, db_option, json_option, print_json, url_option
+from ovembed.cli.common import api_key_option, db_option, json_option, print_json, service_url, url_option
 
 MODES = ("dense", "sparse", "hybrid")
 
@@ -23,9 +22,7 @@ def _rag(db: str, model: str | None, url: str | None, api_key: str | None):
     from ovembed.rag import RAG
     from ovembed.store import open_store
 
-    if model and click.get_current_context().get_parameter_source("url") is ParameterSource.ENVIRONMENT:
-        url = None  # an explicit --model wins over a service named only by OVEMBED_URL
-    return RAG(open_store(db), make_embedder(model, url, api_key))
+    return RAG(open_store(db), make_embedder(model, service_url(url, model), api_key))
 
 
 @click.command(short_help="read, chunk, embed and store documents (.txt, .md, .jsonl, a folder, or -)")
