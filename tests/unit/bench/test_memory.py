@@ -82,7 +82,7 @@ def test_the_kernel_cache_bounds_rss_growth_under_new_shapes(minilm_int8):
         # The INT8 kernels this project targets (docs/reliability.md#the-kernel-cache): one per layer and shape.
         assert capped["growth_mb"] < 0.5 * default["growth_mb"], (capped, default)
     else:
-        # On AVX2-only CPUs (seen: AMD EPYC) oneDNN builds other kernels and the cap saves less (one run: +383 MB
+        # On AVX2-only CPUs (seen: AMD EPYC) oneDNN builds other kernels and the cap saves less (this test, one run: +383 MB
         # against +440 MB); it must still save.
         assert capped["growth_mb"] < default["growth_mb"], (capped, default)
     assert default["growth_mb"] > 100, default  # the check would catch the unbounded default
