@@ -69,6 +69,28 @@ def _load(path: Path, output: str):
         return np.split(f["vectors"], cuts)
 
 
+def _compute(embedder: Embedder, texts: list[str], outputs: set[str], label: str) -> dict:
+    """The outputs for texts, batched by length (as sentence-transformers does): a batch of similar lengths
+    pads little, which makes a corpus of mixed lengths about twice as fast; results come back in text order."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    parts = []
+    for start in tqdm(range(0, len(texts), BATCH), desc=label, unit="batch", leave=False, disable=None):
+        batch = [texts[i] for i in order[start : start + BATCH]]
+        parts.append(embedder.encode(batch, dense="dense" in outputs, sparse="sparse" in outputs,
+                                     colbert="colbert" in outputs))
+    back = np.argsort(order)
+    found = {}
+    for output in outputs:
+        if output == "dense":
+            rows = (np.concatenate([p[0] for p in parts]) if parts
+                    else np.zeros((0, embedder.space.dimension), np.float32))
+            found[output] = rows[back]
+        else:
+            values = [v for p in parts for v in p[1 if output == "sparse" else 2]]
+            found[output] = [values[i] for i in back]
+    return found
+
+
 def encode(embedder: Embedder, texts: list[str], outputs: set[str], label: str, cache: Path | None,
            memo: dict | None = None) -> Encoded:
     """The asked-for outputs for texts. Those already computed in this run (`memo`) or cached on disk (per model
@@ -84,16 +106,8 @@ def encode(embedder: Embedder, texts: list[str], outputs: set[str], label: str, 
                 found[output] = _load(paths[output], output)
     todo = outputs - set(found)
     if todo:
-        parts = []
-        for start in tqdm(range(0, len(texts), BATCH), desc=label, unit="batch", leave=False, disable=None):
-            parts.append(embedder.encode(texts[start : start + BATCH], dense="dense" in todo,
-                                         sparse="sparse" in todo, colbert="colbert" in todo))
+        found.update(_compute(embedder, texts, todo, label))
         for output in todo:
-            if output == "dense":
-                found[output] = (np.concatenate([p[0] for p in parts]) if parts
-                                 else np.zeros((0, embedder.space.dimension), np.float32))
-            else:
-                found[output] = [v for p in parts for v in p[1 if output == "sparse" else 2]]
             if output in paths:
                 _save(paths[output], output, found[output])
     memo.update({(digest, output): value for output, value in found.items()})
