@@ -36,12 +36,12 @@ COPY src/ ./src/
 # `serve` so that a plain `docker build .` gives the small serving image.
 FROM base AS quantize
 
-# constraints.txt pins torch==2.13.0; the extra index supplies it as the CPU wheel (PyPI's default wheel drags in
-# multiple GB of CUDA libraries). torchvision is never wanted: if anything pulls it in, it breaks
-# `import transformers` next to this torch ("operator torchvision::nms does not exist").
-RUN pip install --no-cache-dir -c constraints.txt \
-        --extra-index-url https://download.pytorch.org/whl/cpu \
-        '.[convert]' \
+# As the Makefile does: PyTorch first, alone, from PyTorch's CPU index (constraints.txt pins torch==2.13.0; PyPI's
+# Linux wheel is the CUDA build, which drags in several GB of nvidia-* and triton), then the package, which finds it
+# installed. torchvision is never wanted: if anything pulls it in, it breaks `import transformers` next to this torch
+# ("operator torchvision::nms does not exist").
+RUN pip install --no-cache-dir -c constraints.txt --index-url https://download.pytorch.org/whl/cpu --no-deps torch \
+ && pip install --no-cache-dir -c constraints.txt '.[convert]' \
  && (pip uninstall -y torchvision || true)
 
 # The hub download (several GB for BGE-M3) goes to the mounted volume, so a rerun does not fetch it again and the
@@ -55,10 +55,11 @@ ENTRYPOINT ["ovembed", "quantize"]
 CMD ["BAAI/bge-m3", "--output", "/models/bge-m3-int8"]
 
 # ---------------------------------------------------------------------------------------------------------------
-# Serving image: the base package only (OpenVINO, tokenizers, FastAPI...), no torch. Last stage = the default target.
+# Serving image: the base package (OpenVINO, tokenizers, FastAPI...) and OpenAI token ids on /v1 (bpe-openai), no
+# torch. Last stage = the default target.
 FROM base AS serve
 
-RUN pip install --no-cache-dir -c constraints.txt .
+RUN pip install --no-cache-dir -c constraints.txt '.[openai-ids]'
 
 # The server binds 127.0.0.1 by default, unreachable through a published port: a container must listen on 0.0.0.0.
 # Preloading makes /health report 503 until the model is loaded, so the healthcheck (and depends_on / load

@@ -3,42 +3,66 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -c constraints.txt
+# PyTorch's CPU wheels. PyPI's torch for Linux is the CUDA build, which pulls several GB of nvidia-* and triton.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# What `make serve` needs: the service, `ovembed quantize` (convert) and OpenAI token ids on /v1 (openai-ids).
+SERVE_EXTRAS := convert,openai-ids
 MODEL ?= BAAI/bge-m3
 PRECISION ?= int8
-MODEL_NAME := $(shell basename "$(MODEL)" | tr '[:upper:]' '[:lower:]')
-MODEL_DIR ?= models/$(MODEL_NAME)-$(PRECISION)
+# Empty: `ovembed quantize` names the folder from the model's id, models/<name>-<precision>.
+MODEL_DIR ?=
+QUANTIZE = $(BIN)/ovembed quantize "$(MODEL)" --precision "$(PRECISION)" $(if $(MODEL_ID),--model-id "$(MODEL_ID)") \
+	$(if $(MODEL_DIR),--output "$(MODEL_DIR)")
 
-.PHONY: venv install serve test test-quick lint bench clean
+.PHONY: install install-dev quantize serve test test-quick lint bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.installed: $(BIN)/activate pyproject.toml constraints.txt
+# One venv, one stamp per install set. PyTorch goes in first, alone, from PyTorch's CPU index (pinned by
+# constraints.txt; --upgrade replaces a CUDA build left by an older install); the sets after it find it installed
+# and never ask PyPI for torch. Only this one package is looked up there: where that index is unreachable pip
+# retries each package it looks up for ~8 s before using another source.
+$(VENV)/.torch-cpu: $(BIN)/activate constraints.txt
+	$(PIP) --index-url $(TORCH_INDEX) --upgrade --no-deps torch
+	touch $@
+
+$(VENV)/.installed-serve: $(VENV)/.torch-cpu pyproject.toml constraints.txt
+	$(PIP) -e '.[$(SERVE_EXTRAS)]'
+	touch $@
+
+# The dev set holds the serve set (tests/unit/test_install.py checks it), so it stamps both.
+$(VENV)/.installed-dev: $(VENV)/.torch-cpu pyproject.toml constraints.txt
 	$(PIP) -e '.[dev]'
 	@# torchvision breaks `import transformers` beside this torch ("operator torchvision::nms does not exist").
 	$(BIN)/pip uninstall -y -q torchvision 2>/dev/null || true
-	touch $@
+	touch $@ $(VENV)/.installed-serve
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed-serve
 
-$(MODEL_DIR)/ovembed.json: | $(VENV)/.installed
-	$(BIN)/ovembed quantize "$(MODEL)" --precision $(PRECISION) --output $(MODEL_DIR) $(if $(MODEL_ID),--model-id $(MODEL_ID))
+install-dev: $(VENV)/.installed-dev
 
-serve: $(VENV)/.installed $(MODEL_DIR)/ovembed.json
-	$(BIN)/ovembed serve --model $(MODEL_DIR) $(SERVE_ARGS)
+# Quantize MODEL unless the folder `ovembed quantize` names for it already holds it (same source, same id, same
+# precision, made after the source's files last changed): another MODEL is a new folder or a new quantize.
+quantize: $(VENV)/.installed-serve
+	$(QUANTIZE) --if-changed
 
-test: $(VENV)/.installed
+serve: quantize
+	@folder="$$($(QUANTIZE) --dry-run)" && echo "$(BIN)/ovembed serve --model $$folder $(SERVE_ARGS)" && \
+		exec $(BIN)/ovembed serve --model "$$folder" $(SERVE_ARGS)
+
+test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The quick loop: everything but soaks, long benchmarks and tests over ~20 s.
-test-quick: $(VENV)/.installed
+test-quick: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed-dev
 	$(BIN)/ovembed bench engine --corpus ../shared/data/xquad/en/corpus.jsonl $(BENCH_ARGS)
 
 clean:

@@ -4,7 +4,7 @@ The seed service's OPENVINO_PRELOAD_MODELS is honoured as well as OVEMBED_PRELOA
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(100_000, ge=1)
     max_request_chars: int = Field(1_000_000, ge=1)
     max_body_bytes: int = Field(16 * 2**20, ge=1024)
+    # How /v1/embeddings reads token-id input (LangChain's OpenAIEmbeddings sends tiktoken's cl100k_base ids by
+    # default): decoded from an OpenAI encoding and embedded as text, the served model's own ids, or refused.
+    token_ids: Literal["cl100k_base", "o200k_base", "model", "refuse"] = "cl100k_base"
     max_queue_texts: int = Field(4096, ge=1)  # pending texts per model before 503 + Retry-After
     # Extra wait for companions before an engine call. 0: dispatch at once when idle, and merge whatever
     # queued while the engine was busy, so a lone query pays no wait and load still gets large batches.

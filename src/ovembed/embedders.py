@@ -46,8 +46,9 @@ class LocalEmbedder(Embedder):
 
         self.model = load_model(folder)
         m = self.model.manifest
-        self.space = Space(Path(folder).name, _model_id(m.source, Path(folder).name), m.precision, m.dimension,
-                           str(Path(folder).resolve()), sparse="sparse" in m.outputs)
+        name = Path(folder).name
+        self.space = Space(name, m.model_id(name), m.precision, m.dimension, str(Path(folder).resolve()),
+                           sparse="sparse" in m.outputs, fingerprint=m.fingerprint)
         self.max_tokens = m.max_length - 2
         self.outputs = list(self.model.outputs)
 
@@ -69,19 +70,19 @@ class LocalEmbedder(Embedder):
 
 
 class ServiceEmbedder(Embedder):
-    def __init__(self, url: str, api_key: str | None = None, model: str | None = None):
+    """A model on a running service: the one named `model` (its name, hub id or alias), else the one that makes
+    `space` (matched by fingerprint, never blindly the default), else the service's default model."""
+
+    def __init__(self, url: str, api_key: str | None = None, model: str | None = None, space: Space | None = None):
         from ovembed.client import Client
 
         self.client = Client(url, api_key=api_key)
-        status = self.client.status()
-        wanted = model or status["embedding_model"]  # no model named: the service's default
-        info = next((m for m in status["models"] if wanted in (m["name"], m["id"], *m["aliases"])), None)
-        if info is None:
-            raise OvembedError(ErrorKind.MODEL_NOT_FOUND, f"{url} does not serve '{model}'")
+        served = self.client.status()
+        info = _served_model(url, served, model, space)
         self.model = info["name"]
         self.outputs = info["outputs"]
         self.space = Space(info["name"], info["id"], info["precision"], info["dimension"], url,
-                           sparse="sparse" in info["outputs"])
+                           sparse="sparse" in info["outputs"], fingerprint=info.get("fingerprint") or "")
         self.max_tokens = info["max_length"] - 2
 
     def embed(self, texts, sparse):
@@ -97,18 +98,76 @@ class ServiceEmbedder(Embedder):
         return self.client.colbert(texts, self.model)
 
 
-def make_embedder(model: str | None = None, url: str | None = None, api_key: str | None = None) -> Embedder:
-    if bool(model) == bool(url):
-        raise validation("give exactly one of --model DIR (in-process) or --url URL (a running service)")
-    return LocalEmbedder(model) if model else ServiceEmbedder(url, api_key)
+def _served_model(url: str, status: dict, model: str | None, space: Space | None) -> dict:
+    models = status["models"]
+    names = ", ".join(m["name"] for m in models)
+    if model:
+        from ovembed.manifest import resolve_alias
+
+        wanted = {model, resolve_alias(model)[0]}  # BAAI/bge-m3-base: BAAI/bge-m3, as the server takes it
+        info = next((m for m in models if wanted & {m["name"], m["id"], *m["aliases"]}), None)
+        if info is None:
+            raise OvembedError(ErrorKind.MODEL_NOT_FOUND, f"{url} does not serve '{model}' (it serves: {names})")
+        return info
+    if space is None:
+        return next(m for m in models if m["id"] == status["embedding_model"] or m["name"] == status["embedding_model"])
+
+    def makes(m: dict) -> bool:
+        return m["dimension"] is not None and space.same_model(
+            Space(m["name"], m["id"], m["precision"], m["dimension"], sparse="sparse" in m["outputs"],
+                  fingerprint=m.get("fingerprint") or ""))
+
+    matching = [m for m in models if makes(m)]
+    exact = [m for m in matching if space.fingerprint and m.get("fingerprint") == space.fingerprint]
+    if not matching:
+        raise OvembedError(ErrorKind.MODEL_NOT_FOUND,
+                           f"{url} serves no model that makes space '{space.name}' ({space.describe()}); it serves: "
+                           f"{names}. Serve that model there, or name a served one with --model NAME (and a new "
+                           "space with --space, or `ovembed reembed` to move the store to it)")
+    return (exact or matching)[0]
 
 
-def embedder_for(target: str, api_key: str | None = None) -> Embedder:
-    """A model folder or a service URL, as `reembed --to`, `eval --model` and the Ray workers take them."""
+def make_embedder(model: str | None = None, url: str | None = None, api_key: str | None = None,
+                  space: Space | None = None) -> Embedder:
+    """How the RAG commands reach a model. `--url` with `--model NAME`: that served model; `--url` alone: the
+    served model that makes `space` (the store's active one); `--model DIR` alone: a folder in-process; neither:
+    where `space` was made from (its recorded folder or service), when that is reachable."""
+    if url:
+        return ServiceEmbedder(url, api_key, model=model, space=None if model else space)
+    if model:
+        return LocalEmbedder(model)
+    if space is None:
+        raise validation("give --model DIR (a model folder, in-process) or --url URL (a running service); the store "
+                         "has no space yet to take the model from")
+    return _recorded(space, api_key)
+
+
+def _recorded(space: Space, api_key: str | None) -> Embedder:
+    """The model at the space's recorded source, checked to make that space."""
+    ref = space.model_ref
+    hint = (f"pass --model DIR (a folder of {space.model_id}) or --url URL (a service serving it) to say where "
+            f"space '{space.name}''s model is")
+    if ref.startswith(("http://", "https://")):
+        try:
+            return ServiceEmbedder(ref, api_key, space=space)
+        except OvembedError as exc:
+            raise validation(f"space '{space.name}' was filled through {ref}, which is not usable now ({exc}); "
+                             + hint) from None
+    if not ref or not (Path(ref) / "ovembed.json").is_file():
+        raise validation(f"space '{space.name}' was filled from {ref or 'an unrecorded source'}, which is not "
+                         "here; " + hint)
+    embedder = LocalEmbedder(ref)
+    if not space.same_model(embedder.space):
+        raise validation(f"{ref} now holds another model ({embedder.space.describe()}) than space "
+                         f"'{space.name}' ({space.describe()}); " + hint)
+    return embedder
+
+
+def embedder_for(target: str, api_key: str | None = None, url: str | None = None) -> Embedder:
+    """A model folder or a service URL, as `reembed --to`, `eval --model` and the Ray workers take them; with
+    `url`, target names a model that service serves."""
     if target.startswith(("http://", "https://")):
         return ServiceEmbedder(target, api_key)
+    if url:
+        return ServiceEmbedder(url, api_key, model=target)
     return LocalEmbedder(target)
-
-
-def _model_id(source: str, fallback: str) -> str:
-    return source if source.count("/") == 1 and not source.startswith(("/", ".")) else fallback

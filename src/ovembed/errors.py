@@ -19,6 +19,8 @@ class ErrorKind(str, Enum):
     UNAVAILABLE = "unavailable"  # the model is loading or failed to load
     UNAUTHORIZED = "unauthorized"  # missing or wrong API key
     PAYLOAD_TOO_LARGE = "payload_too_large"  # request body over the limit
+    NOT_FOUND = "not_found"  # no such route: a wrong URL or path
+    PORT_IN_USE = "port_in_use"  # the address `ovembed serve` should listen on is taken
 
 
 class OvembedError(Exception):

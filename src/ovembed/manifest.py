@@ -86,11 +86,23 @@ class Manifest:
     sizes: dict[str, int] = field(default_factory=dict)  # name -> bytes (older manifests have none)
     verification: dict = field(default_factory=dict)
     tool_versions: dict[str, str] = field(default_factory=dict)
+    source_folder: str | None = None  # the local folder it was converted from (None: the hub); `source` may be its id
     format_version: int = FORMAT_VERSION
 
     @property
     def name(self) -> str:
         return self.source.rstrip("/").split("/")[-1]
+
+    @property
+    def fingerprint(self) -> str:
+        """What identifies the model's vectors wherever it is reached from (a folder, a service): its verified
+        files' checksums. Two folders with the same files make the same vectors."""
+        return fingerprint(self.files)
+
+    def model_id(self, fallback: str) -> str:
+        """The hub id when the source was one, else `fallback` (the folder name)."""
+        source = self.source
+        return source if source.count("/") == 1 and not source.startswith(("/", ".", "~")) else fallback
 
     def write(self, folder: Path) -> None:
         (Path(folder) / MANIFEST_NAME).write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n")
@@ -138,6 +150,10 @@ class Manifest:
                     ErrorKind.MODEL_INVALID,
                     f"{folder}: {name} does not match the checksum in {MANIFEST_NAME} (corrupt or modified)",
                 )
+
+
+def fingerprint(files: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

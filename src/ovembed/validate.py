@@ -4,13 +4,18 @@ model and dimension loaded, real unit-norm embeddings, and single-query latency 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from ovembed.client import Client
 from ovembed.errors import ErrorKind, OvembedError
+from ovembed.manifest import resolve_alias
 from ovembed.workload import QUERY_WORDS, percentiles, varied_texts
+
+DEFAULT_LOAD_TIMEOUT_S = 120.0  # BGE-M3 int8 loads in well under a minute on 2 cores; a slow disk gets the rest
+POLL_S = 0.5
 
 # Short texts in several scripts: a model served with the wrong tokenizer or a broken graph shows here.
 PROBE_TEXTS = (
@@ -28,10 +33,29 @@ class Check:
 
 
 @dataclass
+class LoadWait:
+    """How long validate waits for a service that is still loading its models: from start-up (preloading) or on
+    first use (--no-preload), where the validator's first request is the one that starts the load."""
+
+    seconds: float
+    started: float = field(default_factory=time.monotonic)
+
+    def left(self) -> float:
+        return max(0.0, self.seconds - (time.monotonic() - self.started))
+
+    def waited(self) -> float:
+        return time.monotonic() - self.started
+
+    def exceeded(self, what: str) -> str:
+        return f"{what} after {self.seconds:g} s (wait longer with --load-timeout)"
+
+
+@dataclass
 class Report:
     url: str
     checks: list[Check] = field(default_factory=list)
     latency_ms: dict[str, float] | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -39,7 +63,7 @@ class Report:
 
     def as_json(self) -> dict:
         return {"url": self.url, "passed": self.passed, "checks": [asdict(c) for c in self.checks],
-                "latency_ms": self.latency_ms}
+                "latency_ms": self.latency_ms, "warnings": self.warnings}
 
     def table(self) -> str:
         rows = [("check", "result", "value", "expected")]
@@ -59,29 +83,88 @@ def failure(exc: OvembedError) -> str:
     return f"{exc}{hint}"
 
 
-def check_health(client: Client) -> Check:
+def check_health(client: Client, wait: LoadWait) -> Check:
     expected = "/health 200, status ok"
     try:
         health = client.health()
+        while health.get("status") == "loading" and wait.left() > 0:  # preloading: ready in a while
+            time.sleep(min(POLL_S, wait.left()))
+            health = client.health()
     except OvembedError as exc:
         return Check("reachable", False, failure(exc), expected)
     states = ", ".join(f"{k}: {v}" for k, v in (health.get("models") or {}).items())
     status = health.get("status")
     value = f"{status} ({states})" if status == "ok" else f"{status}: {health.get('detail')} ({states})"
+    if status == "loading":
+        value = wait.exceeded(f"still loading ({states})")
     return Check("reachable", status == "ok", value, expected)
 
 
-def fetch_status(client: Client) -> tuple[Check, dict | None]:
+def default_entry(status: dict) -> dict:
+    """The default model's entry in models[]: its state (not_loaded | loading | ready | error) and error."""
+    for entry in status.get("models") or []:
+        if isinstance(entry, dict) and entry.get("id") == status.get("embedding_model"):
+            return entry
+    return {}
+
+
+def await_load(client: Client, status: dict, wait: LoadWait, wake: Callable[[float], str | None]) -> tuple[dict, str]:
+    """The status once the default model has loaded, failed, or the wait ran out, and why it is not loaded
+    when it is not. A model not loaded yet on a service that loads on first use is woken by one request."""
+    woken = None
+    while status.get("embedding_loaded") is not True:
+        entry = default_entry(status)
+        state = entry.get("state")
+        if state == "error":
+            return status, f"failed to load: {entry.get('error')}"
+        if state not in ("not_loaded", "loading"):
+            return status, "not loaded"
+        if wait.left() <= 0:
+            return status, wait.exceeded("not loaded" if state == "not_loaded" else "still loading")
+        if state == "not_loaded" and woken is not None:
+            return status, f"not loaded by a first request: {woken or 'it answered, yet the model is not loaded'}"
+        if state == "not_loaded":
+            woken = wake(wait.left()) or ""
+        else:
+            time.sleep(min(POLL_S, wait.left()))
+        status = client.status()
+    return status, ""
+
+
+def fetch_status(client: Client, wait: LoadWait, wake: Callable[[float], str | None]) -> tuple[Check, dict | None]:
     expected = "parses, embedding_loaded true"
+    def parses(status: dict) -> bool:
+        return isinstance(status.get("embedding_model"), str) and isinstance(status.get("models"), list)
+
     try:
         status = client.status()
+        loaded_at_first, why_not = status.get("embedding_loaded") is True, ""
+        if parses(status):
+            status, why_not = await_load(client, status, wait, wake)
     except OvembedError as exc:
         return Check("models/status", False, failure(exc), expected), None
-    if not isinstance(status.get("embedding_model"), str) or not isinstance(status.get("models"), list):
+    if not parses(status):
         return Check("models/status", False, "missing embedding_model or models", expected), None
     loaded = status.get("embedding_loaded") is True
-    value = f"{status['embedding_model']} {'loaded' if loaded else 'not loaded'} ({status.get('precision')})"
+    value = f"{status['embedding_model']} loaded ({status.get('precision')})" if loaded else \
+        f"{status['embedding_model']} {why_not}"
+    if loaded and not loaded_at_first:
+        value += f"; waited {wait.waited():.1f} s for it to load"
     return Check("models/status", loaded, value, expected), status
+
+
+def wake_on_first_use(url: str, api_key: str | None) -> Callable[[float], str | None]:
+    """One embedding request, allowed `seconds` to answer: what makes a --no-preload service load its default
+    model. Returns the failure, if any; the load goes on in the service after a client-side timeout."""
+    def wake(seconds: float) -> str | None:
+        try:
+            with Client(url, api_key=api_key, timeout=seconds, retries=0) as client:
+                client.embed([PROBE_TEXTS[1]])
+        except OvembedError as exc:
+            return failure(exc)
+        return None
+
+    return wake
 
 
 def model_names(status: dict) -> list[str]:
@@ -94,9 +177,14 @@ def model_names(status: dict) -> list[str]:
     return [n for n in dict.fromkeys(names) if n]
 
 
-def check_model(status: dict, expect_model: str | None) -> Check:
+def check_model(status: dict, expect_model: str | None, warnings: list[str]) -> Check:
     names = model_names(status)
     passed = expect_model is None or expect_model in names
+    if not passed:  # a name `ovembed quantize` accepts too (BAAI/bge-m3-base), with quantize's warning
+        target, warning = resolve_alias(expect_model)
+        passed = target in names
+        if passed and warning:
+            warnings.append(warning)
     value = status["embedding_model"] + (f" (also {', '.join(names[1:])})" if len(names) > 1 else "")
     return Check("model", passed, value, expect_model or "any")
 
@@ -146,19 +234,23 @@ def measure_latency(client: Client, queries: int) -> list[float]:
 
 
 def validate(url: str, expect_model: str | None = None, expect_dim: int | None = None, max_p95_ms: float = 200.0,
-             queries: int = 50, api_key: str | None = None, timeout: float = 10.0) -> Report:
-    report = Report(url)
+             queries: int = 50, api_key: str | None = None, timeout: float = 10.0,
+             load_timeout: float = DEFAULT_LOAD_TIMEOUT_S) -> Report:
+    """`load_timeout`: seconds to wait for a service still loading its models (at start-up or on first use)."""
+    report, wait = Report(url), LoadWait(load_timeout)
     # No retries: a validator reports what the service does now, and a retried call would hide an error and
-    # count its waits as latency.
+    # count its waits as latency. Loading is the one state waited for, bounded, before anything is measured.
     with Client(url, api_key=api_key, timeout=timeout, retries=0) as client:
-        report.checks.append(check_health(client))
+        report.checks.append(check_health(client, wait))
         if not report.checks[-1].passed:
             return report  # nothing else can be asked of a service that is down or still loading
-        status_check, status = fetch_status(client)
+        status_check, status = fetch_status(client, wait, wake_on_first_use(url, api_key))
         report.checks.append(status_check)
         if status is None:
             return report
-        report.checks += [check_model(status, expect_model), check_dimension(status, expect_dim)]
+        report.checks += [check_model(status, expect_model, report.warnings), check_dimension(status, expect_dim)]
+        if not status_check.passed:
+            return report  # a model not loaded in time is not measured: its first requests would time its load
         try:
             vectors = probe_embeddings(client)
         except OvembedError as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
 import re
 
@@ -91,27 +90,9 @@ def test_oversized_body_wrong_content_type_and_unknown_route(server):
     r = httpx.post(server.url + "/embeddings", content=b"texts=a", headers={"content-type": "text/plain"})
     assert r.status_code == 415 and "application/json" in r.json()["detail"]
     r = httpx.get(server.url + "/nope")
-    assert r.status_code == 404 and r.json()["detail"] == "Not Found"
+    assert r.status_code == 404 and r.json() == {"error": "not_found",
+                                                 "detail": "no route GET /nope (the API: /docs, /openapi.json)"}
     assert httpx.get(server.url + "/health").status_code == 200  # still alive
-
-
-def test_openai_client_gets_the_same_vectors_as_embeddings(server):
-    from openai import OpenAI
-
-    client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-    texts = ["first passage", "zweiter Absatz", "第三段"]
-    legacy = np.array(post(server, "/embeddings", {"texts": texts, "model": MINILM_ID}).json()["embeddings"])
-    as_float = client.embeddings.create(model=MINILM_ID, input=texts, encoding_format="float")
-    assert [d.index for d in as_float.data] == [0, 1, 2] and as_float.model == MINILM_ID
-    np.testing.assert_allclose([d.embedding for d in as_float.data], legacy, atol=1e-6)
-    as_b64 = client.embeddings.create(model=MINILM_ID, input=texts, encoding_format="base64")
-    decoded = [np.frombuffer(base64.b64decode(d.embedding), "<f4") if isinstance(d.embedding, str) else d.embedding
-               for d in as_b64.data]
-    np.testing.assert_allclose(decoded, legacy, atol=1e-6)
-    single = client.embeddings.create(model=MINILM_ID, input="first passage")
-    np.testing.assert_allclose(single.data[0].embedding, legacy[0], atol=1e-6)
-    assert single.usage.prompt_tokens > 0
-    assert {m.id for m in client.models.list()} >= {MINILM_ID}
 
 
 def test_openai_errors_have_openai_shape(server):
@@ -122,9 +103,6 @@ def test_openai_errors_have_openai_shape(server):
         client.embeddings.create(model=MINILM_ID, input="x", dimensions=256)
     with pytest.raises(NotFoundError, match="not served here"):
         client.embeddings.create(model="text-embedding-3-small", input="x")
-    r = post(server, "/v1/embeddings", {"model": MINILM_ID, "input": [[101, 2003, 102]]})
-    assert r.status_code == 400 and "token-id arrays" in r.json()["error"]["message"]
-    assert r.json()["error"]["type"] == "invalid_request_error"
     r = post(server, "/v1/embeddings", {"model": MINILM_ID, "input": []})
     assert r.status_code == 400 and "empty" in r.json()["error"]["message"]
 

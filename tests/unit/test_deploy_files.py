@@ -201,7 +201,7 @@ def test_dockerfile_default_target_is_serve():
     assert list(_stages())[-1] == "serve", "a plain `docker build .` must give the serving image"
 
 
-def test_dockerfile_serve_installs_base_package_with_constraints_and_no_torch():
+def test_dockerfile_serve_installs_the_package_with_openai_ids_and_no_torch():
     serve = _stage_chain("serve")
     installs = _pip_installs(serve)
     assert installs, "the serve stage installs the package"
@@ -210,7 +210,7 @@ def test_dockerfile_serve_installs_base_package_with_constraints_and_no_torch():
         assert "-c" in tokens and tokens[tokens.index("-c") + 1] == "constraints.txt", cmd
         assert "convert" not in cmd and "[dev]" not in cmd, cmd
         assert "torch" not in cmd and "download.pytorch.org" not in cmd, cmd
-        assert "." in tokens, cmd
+        assert ".[openai-ids]" in tokens, cmd  # LangChain's default token-id input works in the image
     for path in ("pyproject.toml", "constraints.txt", "README.md", "src/"):
         assert any(path in args for args in _args(serve, "COPY")), f"{path} is copied for the install"
 
@@ -248,14 +248,18 @@ def test_dockerfile_serve_healthcheck_command_is_valid_python():
     compile(argv[2], "<healthcheck>", "exec")
 
 
-def test_dockerfile_quantize_installs_convert_extra_with_cpu_torch_and_drops_torchvision():
+def test_dockerfile_quantize_installs_cpu_torch_first_then_convert_extra_and_drops_torchvision():
     quantize = _stage_chain("quantize")
     installs = _pip_installs(quantize)
     convert = [cmd for cmd in installs if "[convert]" in cmd]
     assert convert, installs
     for cmd in convert:
-        assert "-c constraints.txt" in cmd
-        assert "--extra-index-url https://download.pytorch.org/whl/cpu" in cmd
+        steps = [step.strip() for step in cmd.split("&&")]
+        torch = next(i for i, step in enumerate(steps) if "--no-deps torch" in step)
+        package = next(i for i, step in enumerate(steps) if "'.[convert]'" in step)
+        assert torch < package, "torch comes first, so the package step finds the CPU build installed"
+        assert "-c constraints.txt --index-url https://download.pytorch.org/whl/cpu" in steps[torch]
+        assert "-c constraints.txt" in steps[package] and "download.pytorch.org" not in steps[package]
         assert "torchvision" not in cmd.split("pip uninstall")[0]
     assert any(re.search(r"pip uninstall -y torchvision", cmd) for cmd in _args(quantize, "RUN"))
 
@@ -350,3 +354,13 @@ def test_scripts_fall_back_to_the_venv_binary_when_ovembed_is_not_on_path(script
     result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0] in {"quantize", "validate"}
+
+
+# --- .gitignore --------------------------------------------------------------------------------------------------
+
+def test_gitignore_keeps_the_default_store_and_models_out_but_not_package_or_test_data():
+    paths = ["data/ovembed.db", "models/bge-m3-int8/ovembed.json", "src/ovembed/data/calibration.txt",
+             "tests/data/doc.pdf"]
+    checked = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=ROOT, capture_output=True, text=True,
+                             timeout=30)
+    assert checked.stdout.split() == paths[:2]

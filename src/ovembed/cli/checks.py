@@ -16,6 +16,7 @@ from ovembed.cli.common import (
     json_option,
     positive,
     print_json,
+    service_url,
     url_option,
     usage,
 )
@@ -26,7 +27,8 @@ EVAL_MODES = ("dense", "sparse", "colbert", "hybrid", "all")
 @click.command("eval", short_help="retrieval (BEIR folders) and STS quality of models, side by side")
 @click.option("--data", multiple=True, required=True,
               help="a BEIR folder (corpus/queries/qrels, .gz allowed) or an STS folder (pairs.tsv); repeatable")
-@click.option("--model", "models", multiple=True, required=True, help="model folder or service URL; repeatable")
+@click.option("--model", "models", multiple=True, required=True,
+              help="with --url: a model that service serves; without: a model folder or a service URL; repeatable")
 @click.option("--mode", default="dense", show_default=True, type=click.Choice(EVAL_MODES),
               help="BGE-M3 output to score with; hybrid = M3's 0.4 dense + 0.2 sparse + 0.4 colbert")
 @click.option("--cross-lingual", is_flag=True,
@@ -37,14 +39,16 @@ EVAL_MODES = ("dense", "sparse", "colbert", "hybrid", "all")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=Path.home() / ".cache" / "ovembed" / "eval",
               show_default=True, help="corpus embeddings cache (per model and content)")
 @click.option("--no-cache", is_flag=True)
+@url_option()
 @api_key_option()
 @json_option('print rows {"model","dataset","mode","ndcg@10","recall@10","recall@100","mrr@10"|"spearman"}')
-def eval_(data, models, mode, cross_lingual, k, report_path, cache_dir, no_cache, api_key, as_json) -> None:
+def eval_(data, models, mode, cross_lingual, k, report_path, cache_dir, no_cache, url, api_key, as_json) -> None:
     """Score each --model on each --data folder, side by side."""
     from ovembed.quality import MODES, evaluate, report, table
 
+    url = url if any(service_url(url, m) for m in models) else None  # folders beside OVEMBED_URL stay folders
     rows = evaluate(list(models), list(data), k=k, cache=None if no_cache else cache_dir, api_key=api_key,
-                    modes=list(MODES) if mode == "all" else [mode], cross_lingual=cross_lingual)
+                    modes=list(MODES) if mode == "all" else [mode], cross_lingual=cross_lingual, url=url)
     if report_path:
         report_path.write_text(report(rows, command_line()))
     click.echo(json.dumps(rows, ensure_ascii=False) if as_json else table(rows))
@@ -58,10 +62,12 @@ def eval_(data, models, mode, cross_lingual, k, report_path, cache_dir, no_cache
 @click.option("--queries", type=int, default=50, show_default=True, help="sequential one-text queries to time")
 @api_key_option()
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="seconds per request")
+@click.option("--load-timeout", type=click.FloatRange(min=0), default=120.0, show_default=True,
+              help="seconds to wait for a service still loading its model (at start-up, or on first use)")
 @json_option("print the report as JSON instead of a table")
-def validate(url, expect_model, expect_dim, max_p95_ms, queries, api_key, timeout, as_json) -> int:
+def validate(url, expect_model, expect_dim, max_p95_ms, queries, api_key, timeout, load_timeout, as_json) -> int:
     """Check a deployed service as the BGE-M3 upgrade guide does. Exit 0 when every check passes, 1 when one
-    fails (including an unreachable service), 2 for usage errors."""
+    fails (including an unreachable service, or a model not loaded within --load-timeout), 2 for usage errors."""
     from ovembed.validate import validate as run_validate
 
     if not url.startswith(("http://", "https://")):
@@ -70,7 +76,9 @@ def validate(url, expect_model, expect_dim, max_p95_ms, queries, api_key, timeou
                         ("--expect-dim", expect_dim)):
         positive(value, flag)
     report = run_validate(url.rstrip("/"), expect_model=expect_model, expect_dim=expect_dim, max_p95_ms=max_p95_ms,
-                          queries=queries, api_key=api_key, timeout=timeout)
+                          queries=queries, api_key=api_key, timeout=timeout, load_timeout=load_timeout)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
         print_json(report.as_json())
     else:

@@ -15,10 +15,13 @@ from click.core import ParameterSource
 from ovembed.errors import ErrorKind, OvembedError
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# `serve` on a taken port: its own code, so a supervisor can tell "pick another port" from a crash (not 3:
+# uvicorn exits 3 when the app fails to start).
+EXIT_PORT_IN_USE = 4
 # Failures of the world rather than of the input count as failed checks; every other kind is an input error.
 EXIT_CODES = {ErrorKind.GATE_FAILED: EXIT_CHECK_FAILED, ErrorKind.BACKEND: EXIT_CHECK_FAILED,
               ErrorKind.HUB_UNREACHABLE: EXIT_CHECK_FAILED, ErrorKind.UNAVAILABLE: EXIT_CHECK_FAILED,
-              ErrorKind.OVERLOADED: EXIT_CHECK_FAILED}
+              ErrorKind.OVERLOADED: EXIT_CHECK_FAILED, ErrorKind.PORT_IN_USE: EXIT_PORT_IN_USE}
 DEFAULT_DB = "data/ovembed.db"
 DEFAULT_URL = "http://localhost:8019"
 
@@ -147,7 +150,10 @@ def command_line() -> str:
 
 
 def service_url(url: str | None, model: str | None) -> str | None:
-    """`--url`, unless an explicit `--model` was given and the URL came only from OVEMBED_URL (a default)."""
-    if model and click.get_current_context().get_parameter_source("url") is ParameterSource.ENVIRONMENT:
+    """The service a command talks to, or None for in-process. With a URL, `--model` names a model that service
+    serves; but a `--model` that is a model folder, beside a URL that came only from OVEMBED_URL (a default),
+    means the folder."""
+    source = click.get_current_context().get_parameter_source("url")
+    if model and source is ParameterSource.ENVIRONMENT and Path(model).expanduser().is_dir():
         return None
     return url

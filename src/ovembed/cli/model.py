@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import signal
+import socket
 from pathlib import Path
 
 import click
@@ -26,11 +29,27 @@ PRECISIONS = ("int8", "int8-weights", "fp16", "fp32")
 @click.option("--no-gate", is_flag=True, help="keep the model even if it fails the accuracy gate")
 @click.option("--min-cosine-mean", type=float, default=0.99, show_default=True, help="gate: mean dense cosine to fp32")
 @click.option("--min-cosine-min", type=float, default=0.97, show_default=True, help="gate: lowest dense cosine to fp32")
+@click.option("--if-changed", is_flag=True,
+              help="do nothing when the output folder already holds MODEL at this precision (`make serve` uses it)")
+@click.option("--dry-run", is_flag=True,
+              help="print the output folder (and on stderr why it would be made, if it would); convert nothing")
 @json_option("print the manifest as JSON")
 def quantize(model: str, model_id, output, precision, max_length, calibration, no_gate, min_cosine_mean,
-             min_cosine_min, as_json) -> None:
+             min_cosine_min, if_changed, dry_run, as_json) -> None:
     """Convert MODEL (a hub id or local folder, default BAAI/bge-m3) to OpenVINO (INT8 by default), verify it
     against fp32 PyTorch and write models/<name>-<precision>/ only if it passes the accuracy gate."""
+    if if_changed or dry_run:
+        from ovembed.convert.target import plan, stale_reason
+
+        # Without PyTorch: `make serve` asks this on every run. The conversion below warns about aliases itself.
+        target = plan(model, precision, model_id, output, max_length,
+                      warn=lambda msg: click.echo(msg, err=True) if dry_run else None)
+        reason = stale_reason(target)
+        if dry_run:
+            return _print_plan(target, reason, as_json)
+        if reason is None:
+            return _print_up_to_date(target, as_json)
+        click.echo(f"quantizing: {reason}", err=True)
     try:
         from ovembed.convert import pipeline, verify
     except ImportError as exc:
@@ -42,7 +61,7 @@ def quantize(model: str, model_id, output, precision, max_length, calibration, n
         gate=not no_gate, thresholds=thresholds, model_id=model_id,
     )
     if as_json:
-        click.echo(json.dumps({"output": str(folder), "manifest": manifest.__dict__}, default=str))
+        click.echo(json.dumps({"output": str(folder), "quantized": True, "manifest": manifest.__dict__}, default=str))
         return
     click.echo(f"wrote {folder}  ({manifest.source}, {manifest.precision}, dim {manifest.dimension}, "
                f"max length {manifest.max_length}, outputs {'+'.join(manifest.outputs)})")
@@ -50,6 +69,29 @@ def quantize(model: str, model_id, output, precision, max_length, calibration, n
         if key != "gate":
             click.echo(f"  {key:28s} {value}")
     click.echo(f"  gate: {'passed' if not failures else 'FAILED (kept because of --no-gate): ' + '; '.join(failures)}")
+
+
+def _print_plan(target, reason: str | None, as_json: bool) -> None:
+    """`--dry-run`: the folder on stdout, so a script can use it (`make serve` does); why it would be made on stderr."""
+    if as_json:
+        click.echo(json.dumps({"output": str(target.output), "source": target.source, "origin": target.origin,
+                               "precision": target.precision, "up_to_date": reason is None, "reason": reason}))
+        return
+    click.echo(str(target.output))
+    if reason is not None:
+        click.echo(f"would quantize: {reason}", err=True)
+
+
+def _print_up_to_date(target, as_json: bool) -> None:
+    from ovembed.convert.target import describe
+    from ovembed.manifest import Manifest
+
+    if as_json:
+        manifest = Manifest.read(target.output)
+        click.echo(json.dumps({"output": str(target.output), "quantized": False, "manifest": manifest.__dict__},
+                              default=str))
+        return
+    click.echo(f"{target.output} is up to date ({describe(target)}, {target.precision}): nothing to do")
 
 
 @click.command(short_help="embed texts with a local model folder; one JSON line per text")
@@ -100,8 +142,15 @@ def serve(models, default_model, host, port, workers_infer, preload) -> int:
 
     settings = _settings(models=list(models) or None, default_model=default_model, host=host, port=port,
                          workers_infer=workers_infer, preload=preload)
+    sockets = _listen(settings.host, settings.port)  # before any model loads: a taken port fails at once
     logs.configure(settings.log_level, settings.log_json)
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_config=None,
+    try:
+        app = create_app(settings)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             access_log=False, timeout_graceful_shutdown=settings.graceful_timeout_s,
                             log_level=settings.log_level, http=with_header_timeout(settings.header_timeout_s))
     server = uvicorn.Server(config)
@@ -109,8 +158,39 @@ def serve(models, default_model, host, port, workers_infer, preload) -> int:
     # with the default handler that kills the process (exit -15) after a clean shutdown. A no-op
     # handler makes a drained shutdown exit 0, as orchestrators expect.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    server.run()
+    for sock in sockets:
+        host, port = sock.getsockname()[:2]
+        logging.getLogger("ovembed.server").info("listening on http://%s:%d", f"[{host}]" if ":" in host else host,
+                                                 port)
+    server.run(sockets=sockets)
     return EXIT_OK if server.started else EXIT_CHECK_FAILED
+
+
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """The service's sockets, one per address `host` resolves to (as asyncio binds them), bound here rather than
+    by uvicorn so that a taken port is one clear line and its own exit code before any model loads (uvicorn
+    logs the OS error and exits 3 after its start-up has begun loading the models)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise usage(f"--host {host}: cannot resolve it ({exc.strerror})") from None
+    sockets: list[socket.socket] = []
+    for family, kind, proto, _, address in dict.fromkeys(infos):
+        sock = socket.socket(family, kind, proto)
+        sockets.append(sock)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart over TIME_WAIT
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # the IPv4 address has its own socket
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            for opened in sockets:
+                opened.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise OvembedError(ErrorKind.PORT_IN_USE, f"port {port} on {host} is already in use (another "
+                                   "`ovembed serve`?); choose a free one with --port N (or OVEMBED_PORT)") from None
+            raise usage(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sockets
 
 
 def _settings(**flags):

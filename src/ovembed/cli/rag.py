@@ -11,21 +11,33 @@ MODES = ("dense", "sparse", "hybrid")
 
 def embedder_options(command):
     """How a command reaches a model: a folder in-process, or a running service (`--url`, OVEMBED_URL)."""
-    for decorate in reversed((click.option("--model", help="model folder, embedding in-process"),
-                              url_option(), api_key_option())):
+    for decorate in reversed((
+            click.option("--model", help="with --url: a model that service serves (name, hub id or alias); "
+                         "without: a model folder, embedding in-process. Default: the model of the space"),
+            url_option(), api_key_option(),
+            click.option("--space", help="the space to work on (default: the active one; for the first ingest, "
+                         "its name)"))):
         command = decorate(command)
     return command
 
 
-def _rag(db: str, model: str | None, url: str | None, api_key: str | None):
+def _rag(db: str, model: str | None, url: str | None, api_key: str | None, space: str | None, create: bool):
     from ovembed.embedders import make_embedder
     from ovembed.rag import RAG
     from ovembed.store import open_store
 
-    return RAG(open_store(db), make_embedder(model, service_url(url, model), api_key))
+    store = open_store(db, create=create)
+    try:
+        # The space whose model embeds: --space (ingest may name a new one), else the active space.
+        named = store.find_space(space) if space and (not create or store.space_definitions()) else None
+        target = named or store.active_space()
+        return RAG(store, make_embedder(model, service_url(url, model), api_key, space=target), space)
+    except BaseException:
+        store.close()
+        raise
 
 
-@click.command(short_help="read, chunk, embed and store documents (.txt, .md, .jsonl, a folder, or -)")
+@click.command(short_help="read, chunk, embed and store documents (.txt .md .json .jsonl .pdf .html, a folder, or -)")
 @click.argument("path")
 @click.option("--chunk-tokens", type=int, default=512, show_default=True,
               help="tokens per chunk (capped at the model's max)")
@@ -33,12 +45,12 @@ def _rag(db: str, model: str | None, url: str | None, api_key: str | None):
 @db_option()
 @embedder_options
 @json_option()
-def ingest(path, chunk_tokens, overlap, db, model, url, api_key, as_json) -> None:
+def ingest(path, chunk_tokens, overlap, db, model, url, api_key, space, as_json) -> None:
     """Ingest PATH: a file, a folder, or '-' for JSON lines on stdin."""
     from ovembed.rag import read_documents
 
     docs = read_documents(path)  # all read and checked before anything is written
-    rag = _rag(db, model, url, api_key)
+    rag = _rag(db, model, url, api_key, space, create=True)
     with rag.store:
         stats = rag.ingest(docs, chunk_tokens=chunk_tokens, overlap=overlap)
     if as_json:
@@ -56,9 +68,9 @@ def ingest(path, chunk_tokens, overlap, db, model, url, api_key, as_json) -> Non
 @db_option()
 @embedder_options
 @json_option()
-def search(query, k, mode, rerank, db, model, url, api_key, as_json) -> None:
-    """Search the store's active space for QUERY."""
-    rag = _rag(db, model, url, api_key)
+def search(query, k, mode, rerank, db, model, url, api_key, space, as_json) -> None:
+    """Search the store's active space (or --space) for QUERY."""
+    rag = _rag(db, model, url, api_key, space, create=False)
     with rag.store:
         results = rag.search(query, k=k, mode=mode, rerank=rerank)
     if as_json:
@@ -76,34 +88,62 @@ def search(query, k, mode, rerank, db, model, url, api_key, as_json) -> None:
 @click.argument("name", required=False)
 @click.option("--force", is_flag=True, help="activate even if the space is incomplete")
 @db_option()
+@url_option(help="list: also show which model of this service makes each space")
+@api_key_option()
 @json_option()
-def spaces(action, name, force, db, as_json) -> None:
-    """List the store's spaces, ACTIVATE one (switch search over, or roll back), or DROP one."""
+def spaces(action, name, force, db, url, api_key, as_json) -> None:
+    """List the store's spaces, ACTIVATE one (switch search over, or roll back), or DROP one. NAME is a space's
+    name or its model's (hub id, short name), as the server accepts them."""
     from ovembed.store import open_store
 
-    with open_store(db) as store:
+    if action != "list" and not name:
+        raise click.UsageError(f"`spaces {action}` needs the space's NAME")
+    with open_store(db, create=False) as store:
         if action == "activate":
+            name = store.find_space(name).name
             store.activate(name, force=force)
             click.echo(f"active space: {name}")
         elif action == "drop":
+            name = store.find_space(name).name
             store.drop_space(name)
             click.echo(f"dropped space {name}")
         statuses = store.spaces()
     if action != "list":
         return
+    served = _served_by(url, api_key, [s.space for s in statuses]) if url else {}
     if as_json:
         print_json([{"name": s.space.name, "model_id": s.space.model_id, "precision": s.space.precision,
-                     "dimension": s.space.dimension, "sparse": s.space.sparse, "active": s.active,
-                     "vectors": s.vectors, "chunks": s.chunks, "complete": s.complete} for s in statuses])
+                     "dimension": s.space.dimension, "sparse": s.space.sparse, "fingerprint": s.space.fingerprint,
+                     "active": s.active, "vectors": s.vectors, "chunks": s.chunks, "complete": s.complete,
+                     **({"served_as": served.get(s.space.name)} if url else {})} for s in statuses])
         return
     for s in statuses:
+        where = f"  served as {served[s.space.name]}" if served.get(s.space.name) else ("  not served" if url else "")
         click.echo(f"{'*' if s.active else ' '} {s.space.name:30s} {s.space.model_id:40s} {s.space.dimension:>5}d "
-                   f"{s.vectors}/{s.chunks} {'complete' if s.complete else 'incomplete'}")
+                   f"{s.vectors}/{s.chunks} {'complete' if s.complete else 'incomplete'}{where}")
+
+
+def _served_by(url: str, api_key: str | None, spaces: list) -> dict[str, str]:
+    """Space name -> the served model that makes it, for the spaces a service at `url` can embed."""
+    from ovembed.embedders import ServiceEmbedder
+    from ovembed.errors import OvembedError
+
+    found = {}
+    for space in spaces:
+        try:
+            found[space.name] = ServiceEmbedder(url, api_key, space=space).model
+        except OvembedError as exc:
+            if exc.kind.name != "MODEL_NOT_FOUND":
+                raise
+    return found
 
 
 @click.command(short_help="fill a new space (another model) from the stored chunk texts, resumably")
-@click.option("--to", "target", required=True, help="model folder or service URL that makes the new space's vectors")
+@click.option("--to", "target", required=True, help="with --url: a model that service serves; without: a model "
+              "folder (or a service URL: its default model)")
 @click.option("--from", "source", help="the space being replaced (checked to exist)")
+@click.option("--space", help="the new space's name (default: the space this model already fills, else the "
+              "model's name)")
 @click.option("--batch", type=int, default=256, show_default=True, help="chunks per page")
 @click.option("--activate", is_flag=True, help="switch search to the new space when complete")
 @click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
@@ -112,25 +152,28 @@ def spaces(action, name, force, db, as_json) -> None:
 @click.option("--retries", type=int, default=8, show_default=True, help="PostgreSQL reconnects in a row without "
               "progress before giving up (about a minute of outage; a rerun resumes anyway)")
 @db_option()
+@url_option()
 @api_key_option()
 @json_option("print the summary as JSON (and no progress bar)")
-def reembed(target, source, batch, activate, engine, actors, retries, db, api_key, as_json) -> None:
+def reembed(target, source, space, batch, activate, engine, actors, retries, db, url, api_key, as_json) -> None:
     """Embed every stored chunk with the model at --to into its own space; a rerun resumes."""
     from ovembed.store import open_store
 
-    if source:
-        with open_store(db) as store:
-            store.space(source)  # must exist: a clear error for a typo
+    url = service_url(url, target)
+    with open_store(db, create=False) as store:
+        if source:
+            store.find_space(source)  # must exist: a clear error for a typo
     if engine == "ray":
         from ovembed.reembed.ray_backend import reembed_ray
 
-        stats = reembed_ray(db, target, batch=batch, activate=activate, actors=actors, api_key=api_key)
+        stats = reembed_ray(db, target, batch=batch, activate=activate, actors=actors, api_key=api_key, url=url,
+                            space_name=space)
     else:
         from ovembed.embedders import embedder_for
         from ovembed.reembed import reembed as run_reembed
 
-        stats = run_reembed(db, embedder_for(target, api_key), batch=batch, activate=activate,
-                            progress=not as_json, retries=retries)
+        stats = run_reembed(db, embedder_for(target, api_key, url), batch=batch, activate=activate,
+                            progress=not as_json, retries=retries, space=space)
     if as_json:
         print_json(stats.as_dict())
         return

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ovembed.convert.target import hub_id
 from ovembed.errors import ErrorKind, OvembedError
-from ovembed.manifest import KNOWN_MODELS, resolve_alias
+from ovembed.manifest import KNOWN_MODELS
 
 M3_HEADS = ("sparse_linear.pt", "colbert_linear.pt")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json")
@@ -44,13 +45,7 @@ def resolve_source(model: str, warn=print) -> tuple[Path, str, str | None]:
     if Path(model).expanduser().is_dir():
         folder = Path(model).expanduser().resolve()
         return folder, str(folder), None
-    model_id, warning = resolve_alias(model)
-    if warning:
-        warn(f"warning: {warning}")
-    if model_id.count("/") != 1 or model.startswith((".", "/", "~")):
-        raise OvembedError(
-            ErrorKind.MODEL_NOT_FOUND, f"'{model}' is neither a local folder nor a hub id like BAAI/bge-m3"
-        )
+    model_id = hub_id(model, warn)
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,

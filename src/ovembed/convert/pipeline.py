@@ -19,16 +19,13 @@ from tqdm import tqdm
 from ovembed.convert import export, verify
 from ovembed.convert import quantize as recipes
 from ovembed.convert.synthetic import builtin_texts
+from ovembed.convert.target import default_output
 from ovembed.engine.model import EmbeddingModel
 from ovembed.engine.tokenize import TextTokenizer
 from ovembed.errors import ErrorKind, OvembedError
 from ovembed.manifest import MANIFEST_NAME, PRECISIONS, TOKEN_TABLE, Manifest, sha256_file
 
 CALIBRATION_MAX_TOKENS = 512
-
-
-def default_output(model_id: str, precision: str) -> Path:
-    return Path("models") / f"{model_id.rstrip('/').split('/')[-1].lower()}-{precision}"
 
 
 def log(message: str) -> None:
@@ -147,6 +144,7 @@ def _describe(source: export.SourceModel, encoder: export.EncoderGraph, tables: 
     return Manifest(
         source=source.model_id,
         revision=source.revision,
+        source_folder=str(source.folder) if source.revision is None else None,  # a hub download has a revision
         architecture=source.architecture,
         layout=source.layout,
         dimension=int(source.config["hidden_size"]),

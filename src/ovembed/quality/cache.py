@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ovembed.embedders import Embedder, LocalEmbedder
+from ovembed.embedders import Embedder
 from ovembed.engine.outputs import SparseVector
 
 DEFAULT_CACHE = Path.home() / ".cache" / "ovembed" / "eval"
@@ -34,11 +34,11 @@ class Encoded:
 
 
 def model_key(embedder: Embedder) -> str:
-    """What identifies a model's vectors: its files' checksums when local, its id at its URL otherwise."""
-    if isinstance(embedder, LocalEmbedder):
-        ident = json.dumps(embedder.model.manifest.files, sort_keys=True)
-    else:
-        ident = json.dumps([embedder.space.model_ref, embedder.space.model_id, embedder.space.precision])
+    """What identifies a model's vectors: its fingerprint (its files' checksums), the same through a folder or a
+    service; for a service too old to report one, its id at its URL."""
+    if embedder.space.fingerprint:
+        return embedder.space.fingerprint
+    ident = json.dumps([embedder.space.model_ref, embedder.space.model_id, embedder.space.precision])
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 

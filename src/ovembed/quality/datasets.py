@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ovembed.errors import validation
+from ovembed.errors import OvembedError, validation
+
+MAX_SUGGESTIONS = 12  # dataset folders named in the error for a parent folder (xquad/ holds 12)
 
 
 @dataclass
@@ -65,8 +67,29 @@ def load_retrieval(folder: str | Path) -> RetrievalSet:
     return RetrievalSet(folder.name, corpus, queries, qrels)
 
 
+def is_sts(folder: Path, split: str = "pairs.tsv") -> bool:
+    return any((folder / f).is_file() for f in (split, f"{split}.gz"))
+
+
+def not_a_dataset(folder: Path) -> OvembedError:
+    """The error for a folder that holds no dataset itself: the datasets found inside it (a collection such as
+    xquad/, whose languages are the datasets) as `--data` suggestions, else what a dataset folder holds."""
+    inside = []
+    for pattern in ("*/", "*/*/"):  # a collection (xquad/), or a folder of collections (data/)
+        inside = inside or sorted(f for f in folder.glob(pattern) if f.is_dir() and (is_retrieval(f) or is_sts(f)))
+    if not inside:
+        return validation(f"{folder}: not a dataset folder: a BEIR folder holds corpus.jsonl, queries.jsonl and "
+                          "qrels.tsv, an STS folder pairs.tsv (each may be .gz), and no folder inside it does either")
+    shown = " ".join(f"--data {f}" for f in inside[:MAX_SUGGESTIONS])
+    more = f" (and {len(inside) - MAX_SUGGESTIONS} more)" if len(inside) > MAX_SUGGESTIONS else ""
+    return validation(f"{folder}: a folder of {len(inside)} datasets, not a dataset itself; name the ones to "
+                      f"score: {shown}{more}")
+
+
 def load_sts(folder: str | Path, split: str = "pairs.tsv") -> tuple[list[str], list[str], np.ndarray]:
     folder = Path(folder)
+    if not is_sts(folder, split):
+        raise not_a_dataset(folder) if split == "pairs.tsv" else validation(f"{folder}: no {split} (or {split}.gz)")
     with _open_text(folder, split) as fh:
         rows = list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
     try:

@@ -19,7 +19,7 @@ QUERY_BLOCK = 256  # queries scored against the corpus at once
 
 def evaluate(models: list[str], datasets: list[str], k: int = 10, cache: Path | None = DEFAULT_CACHE,
              api_key: str | None = None, modes: list[str] | tuple[str, ...] = ("dense",), cross_lingual: bool = False,
-             weights: dict[str, float] | None = None) -> list[dict]:
+             weights: dict[str, float] | None = None, url: str | None = None) -> list[dict]:
     """One row per (model, dataset, mode). Modes a model lacks (MiniLM has no sparse or ColBERT output) are
     skipped with a note on stderr; asking for a mode no model has is an error."""
     weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
@@ -37,7 +37,7 @@ def evaluate(models: list[str], datasets: list[str], k: int = 10, cache: Path | 
     sts = {f: load_sts(f) for f in folders if f not in sets}
     rows = []
     for spec in models:
-        embedder = embedder_for(spec, api_key)
+        embedder = embedder_for(spec, api_key, url)
         label = embedder.space.name
         usable = modes_for(embedder, list(modes))
         for skipped in (m for m in modes if m not in usable):

@@ -3,7 +3,7 @@ rerank; and fill missing vectors lazily when chunks are read."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ovembed.embedders import Embedder
 from ovembed.engine.scoring import colbert_score, combined_score
@@ -22,28 +22,49 @@ class Result:
 
 
 class RAG:
-    def __init__(self, store: Store, embedder: Embedder):
+    """The RAG client over one store and one model. `space` names the space to work on (`--space`); by default
+    the store's active space. The model must make that space's vectors (same model, wherever it is reached)."""
+
+    def __init__(self, store: Store, embedder: Embedder, space: str | None = None):
         self.store = store
         self.embedder = embedder
+        self.space_name = space
 
-    def _active_is_mine(self) -> Space:
-        active = self.store.active_space()
+    def _use(self, space: Space) -> Space:
         mine = self.embedder.space
+        if not space.same_model(mine):
+            raise validation(f"space '{space.name}' holds {space.describe()} vectors but this model makes "
+                             f"{mine.describe()}; use that space's model (or no --model/--url: the store knows it), "
+                             "or `ovembed spaces activate` another space")
+        if mine.fingerprint and not space.fingerprint:  # a space from before fingerprints: record this model's
+            space = self.store.create_space(replace(mine, name=space.name))
+        self.embedder.space = space  # reached through a folder or a service, it fills the space under its name
+        return space
+
+    def _ingest_space(self) -> Space:
+        active = self.store.active_space()
+        if active is None:  # the first space: named by --space, else after the model
+            self.embedder.space = self.store.resolve_space(self.embedder.space, self.space_name)
+            return self.embedder.space
+        if self.space_name and self.store.find_space(self.space_name).name != active.name:
+            raise validation(f"ingest fills the active space '{active.name}'; --space names another. Leave --space "
+                             f"out, or `ovembed spaces activate {self.space_name}` first")
+        return self._use(active)
+
+    def _search_space(self) -> Space:
+        if self.space_name:
+            return self._use(self.store.find_space(self.space_name))
+        active = self.store.active_space()
         if active is None:
-            self.store.create_space(mine)
-            return mine
-        if (active.model_id, active.dimension) != (mine.model_id, mine.dimension):
-            raise validation(f"the active space is '{active.name}' ({active.model_id}, {active.dimension} dims) but "
-                             f"this model makes {mine.model_id} vectors; use the active space's model, or "
-                             f"`ovembed spaces activate` another space")
-        return active
+            raise validation("the store has no space yet: `ovembed ingest` documents first")
+        return self._use(active)
 
     def ingest(self, docs: list[Document], chunk_tokens: int = 512, overlap: int = 64, batch: int = 64) -> dict:
         """Chunk, embed with the active space's model and store; re-ingesting an id replaces it."""
         if not 0 <= overlap < chunk_tokens:
             raise validation("--overlap must be at least 0 and smaller than --chunk-tokens")
         chunk_tokens = min(chunk_tokens, self.embedder.max_tokens)
-        space = self._active_is_mine()
+        space = self._ingest_space()
         stats = {"documents": 0, "chunks": 0, "empty": 0}
         for start in range(0, len(docs), batch):
             part = docs[start : start + batch]
@@ -80,7 +101,7 @@ class RAG:
                candidates: int = 50) -> list[Result]:
         if mode not in ("dense", "sparse", "hybrid"):
             raise validation("--mode must be dense, sparse or hybrid")
-        space = self._active_is_mine()
+        space = self._search_space()
         if mode != "dense" and not space.sparse:
             raise validation(f"space '{space.name}' has no lexical weights: use --mode dense")
         self.ensure_complete(space)  # search never silently skips a chunk

@@ -114,11 +114,14 @@ def finish_job(store: Store, space: str, activate: bool) -> bool:
 
 
 def reembed(db: str, embedder: Embedder, batch: int = 256, activate: bool = False, progress: bool = True,
-            stop: threading.Event | None = None, retries: int = RETRIES) -> ReembedStats:
-    """Fill `embedder.space` in the store at `db`; resumes where an earlier run stopped.
+            stop: threading.Event | None = None, retries: int = RETRIES, space: str | None = None) -> ReembedStats:
+    """Fill the space of `embedder`'s model in the store at `db` (named `space`, else the one this model already
+    fills whatever way it was reached, else a new one); resumes where an earlier run stopped.
 
     A lost database connection (`transient` errors, see store.postgres.ConnectionLost) after the job has
     started is retried: new connections, from the checkpoint, after 0.5, 1, 2, ... (at most 15) seconds."""
+    with open_store(db, create=False) as store:
+        embedder.space = store.resolve_space(embedder.space, space)
     halt = stop or threading.Event()
     cache = _TextCache()  # kept across attempts: what was embedded before a failure is not embedded again
     state = _Attempts()

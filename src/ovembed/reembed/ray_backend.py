@@ -27,7 +27,7 @@ SCAN_PAGE = 4096  # chunks per query while the driver lists the missing ids
 class EmbedWriter:
     """One Ray actor: embeds the missing chunks of id ranges and writes their vectors."""
 
-    def __init__(self, db: str, target: str, api_key: str | None, space: Space):
+    def __init__(self, db: str, target: str, api_key: str | None, space: Space, url: str | None = None):
         self.space = space.name
         self.cache = _TextCache()
         self.store = None
@@ -36,8 +36,8 @@ class EmbedWriter:
         self.failed: OvembedError | None = None
         try:
             self.store = open_store(db)
-            self.embedder = embedder_for(target, api_key)
-            if self.embedder.space != space:
+            self.embedder = embedder_for(target, api_key, url)
+            if not self.embedder.space.same_model(space):
                 # A service that switched models mid-job would otherwise mix two models' vectors in one space.
                 raise OvembedError(ErrorKind.VALIDATION, f"this worker's model makes space {self.embedder.space}, "
                                                          f"but the job fills {space}")
@@ -81,8 +81,10 @@ def missing_ranges(store: Store, space: str, batch: int) -> Iterator[dict[str, i
 
 
 def reembed_ray(db: str, target: str, batch: int = 256, activate: bool = False, actors: int = 2,
-                api_key: str | None = None, num_cpus: int | None = None) -> ReembedStats:
-    """Fill the space of `target` (a model folder or a service URL) in the store at `db` on Ray.
+                api_key: str | None = None, num_cpus: int | None = None, url: str | None = None,
+                space_name: str | None = None) -> ReembedStats:
+    """Fill the space of `target` (a model folder or a service URL; with `url`, a model that service serves) in
+    the store at `db` on Ray, in the space named `space_name` or the one this model already fills.
 
     Joins the Ray cluster that is already initialised (or the one RAY_ADDRESS names); otherwise starts a
     local one with `num_cpus` (default: all) and shuts it down at the end."""
@@ -93,15 +95,8 @@ def reembed_ray(db: str, target: str, batch: int = 256, activate: bool = False, 
                            "the Ray engine needs Ray Data: pip install 'ovembed[ray]'") from None
     if batch < 1 or actors < 1:
         raise OvembedError(ErrorKind.VALIDATION, "--batch and --actors must be at least 1")
-    # Workers may start in another directory than this process: give them absolute paths.
-    if not target.startswith(("http://", "https://")):
-        target = str(Path(target).expanduser().resolve())
-    if not db.startswith(("postgresql://", "postgres://")):
-        db = str(Path(db).expanduser().resolve())
-
-    # Only the space is needed here; the model is freed before the actors load their own copies.
-    space = embedder_for(target, api_key).space
-    store = open_store(db)
+    db, target = _absolute(db, target, url)
+    store, space = _target_space(db, target, api_key, url, space_name)
     started = False
     try:
         begin = start_job(store, space)
@@ -121,7 +116,7 @@ def reembed_ray(db: str, target: str, batch: int = 256, activate: bool = False, 
                 EmbedWriter,
                 batch_size=1,  # a range is already one embedder batch; one at a time balances the actors
                 compute=ray.data.ActorPoolStrategy(size=min(actors, len(ranges))),
-                fn_constructor_kwargs={"db": db, "target": target, "api_key": api_key, "space": space},
+                fn_constructor_kwargs={"db": db, "target": target, "api_key": api_key, "space": space, "url": url},
             ).take_all()
             written = sum(int(row["written"]) for row in counts)
             reused = sum(int(row["reused"]) for row in counts)
@@ -139,6 +134,26 @@ def reembed_ray(db: str, target: str, batch: int = 256, activate: bool = False, 
         store.close()
         if started:
             ray.shutdown()
+
+
+def _absolute(db: str, target: str, url: str | None) -> tuple[str, str]:
+    """Workers may start in another directory than this process: give them absolute paths."""
+    if not target.startswith(("http://", "https://")) and not url:
+        target = str(Path(target).expanduser().resolve())
+    if not db.startswith(("postgresql://", "postgres://")):
+        db = str(Path(db).expanduser().resolve())
+    return db, target
+
+
+def _target_space(db: str, target: str, api_key: str | None, url: str | None, name: str | None):
+    """(the open store, the space the job fills). Only the space is needed here; the model is freed before the
+    actors load their own copies."""
+    store = open_store(db, create=False)
+    try:
+        return store, store.resolve_space(embedder_for(target, api_key, url).space, name)
+    except BaseException:
+        store.close()
+        raise
 
 
 def _domain_error(exc: BaseException, ray_error: type) -> OvembedError | None:

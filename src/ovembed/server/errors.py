@@ -20,6 +20,7 @@ STATUS = {
     ErrorKind.INPUT_TOO_LONG: 413,
     ErrorKind.PAYLOAD_TOO_LARGE: 413,
     ErrorKind.MODEL_NOT_FOUND: 404,
+    ErrorKind.NOT_FOUND: 404,
     ErrorKind.UNAUTHORIZED: 401,
     ErrorKind.OVERLOADED: 503,
     ErrorKind.UNAVAILABLE: 503,
@@ -82,9 +83,14 @@ async def invalid_request(request: Request, exc: RequestValidationError) -> JSON
 
 
 async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    # Starlette's own answers: an unknown path (404) or a wrong method (405).
-    kind = ErrorKind.MODEL_NOT_FOUND if exc.status_code == 404 else ErrorKind.VALIDATION
-    return error_response(request.url.path, kind, str(exc.detail), exc.status_code)
+    # Starlette's own answers: an unknown path (404) or a wrong method (405). An unknown path is not an unknown
+    # model: a client that reads `model_not_found` would look for the model instead of at its URL.
+    path = request.url.path
+    if exc.status_code == 404:
+        shown = path if len(path) <= 200 else path[:200] + "..."  # the client's own text: echoed, bounded
+        return error_response(path, ErrorKind.NOT_FOUND, f"no route {request.method} {shown} (the API: /docs, "
+                              "/openapi.json)", 404)
+    return error_response(path, ErrorKind.VALIDATION, str(exc.detail), exc.status_code)
 
 
 async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -13,7 +13,7 @@ from ovembed.config import Settings
 from ovembed.engine import EmbeddingModel, TokenBudget
 from ovembed.engine.batcher import TokenBudgetBatcher
 from ovembed.errors import ErrorKind, OvembedError
-from ovembed.manifest import Manifest, find_folder
+from ovembed.manifest import Manifest, find_folder, resolve_alias
 from ovembed.server.metrics import Metrics
 
 log = logging.getLogger("ovembed.server")
@@ -36,8 +36,7 @@ class ModelEntry:
     @property
     def model_id(self) -> str:
         """The id responses report: the hub id when known, else the folder name."""
-        source = self.manifest.source if self.manifest else ""
-        return source if source.count("/") == 1 and not source.startswith("/") else self.name
+        return self.manifest.model_id(self.name) if self.manifest else self.name
 
 
 class ModelRegistry:
@@ -48,13 +47,15 @@ class ModelRegistry:
         if not self.entries:
             raise OvembedError(ErrorKind.VALIDATION, "no models configured (--model or OVEMBED_MODELS)")
         self._by_name: dict[str, ModelEntry] = {}
+        self._warned: set[str] = set()  # alias names already warned about in the log
         for entry in self.entries:
             for alias in [entry.name, *entry.aliases, entry.spec]:
                 self._by_name.setdefault(alias, entry)
         wanted = settings.default_model
-        if wanted and wanted not in self._by_name:
+        default = (self._by_name.get(wanted) or self._by_alias(wanted)) if wanted else self.entries[0]
+        if default is None:
             raise OvembedError(ErrorKind.MODEL_NOT_FOUND, f"default model '{wanted}' is not among the configured models")
-        self.default = self._by_name[wanted] if wanted else self.entries[0]
+        self.default = default
 
     def _entry(self, spec: str) -> ModelEntry:
         folder = find_folder(spec, Path(self.settings.models_dir))
@@ -74,10 +75,20 @@ class ModelRegistry:
     def get(self, name: str | None) -> ModelEntry:
         if name is None:
             return self.default
-        entry = self._by_name.get(name)
+        entry = self._by_name.get(name) or self._by_alias(name)
         if entry is None:
             known = ", ".join(sorted({n for e in self.entries for n in [e.name, *e.aliases]}))
             raise OvembedError(ErrorKind.MODEL_NOT_FOUND, f"model '{name}' is not served here (known: {known})")
+        return entry
+
+    def _by_alias(self, name: str) -> ModelEntry | None:
+        """A name `ovembed quantize` also accepts for a model (`BAAI/bge-m3-base` for `BAAI/bge-m3`), with the
+        warning quantize prints, logged once per name."""
+        target, warning = resolve_alias(name)
+        entry = self._by_name.get(target) if target != name else None
+        if entry is not None and warning and name not in self._warned:
+            self._warned.add(name)
+            log.warning("model name %r: %s", name, warning, extra={"model": name, "served": entry.name})
         return entry
 
     def load(self, entry: ModelEntry) -> None:

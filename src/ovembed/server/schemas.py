@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
 
 
 def _encodable(text: str) -> str:
@@ -54,11 +54,12 @@ class EmbeddingsResponse(BaseModel):
 
 
 class OpenAIEmbeddingRequest(BaseModel):
-    """POST /v1/embeddings — OpenAI's shape. Token-id inputs are refused with a clear message."""
+    """POST /v1/embeddings — OpenAI's shape. Token-id input (one list of ints, or a list of them) is read as the
+    `token_ids` setting says (server/token_ids.py)."""
 
     model_config = ConfigDict(extra="ignore")
 
-    input: Text | list[Text] | list[int] | list[list[int]]
+    input: Text | list[Text] | list[StrictInt] | list[list[StrictInt]]  # strict: true or 1.0 is no token id
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
@@ -148,6 +149,7 @@ class ModelInfo(BaseModel):
     precision: str | None
     max_length: int | None
     outputs: list[str]
+    fingerprint: str | None = None  # the model files' checksums: the same model reached another way matches
     load_seconds: float | None
     error: str | None = None
 

@@ -6,12 +6,19 @@ from ovembed.store.base import Chunk, ChunkInput, Hit, Space, SpaceStatus, Store
 __all__ = ["Chunk", "ChunkInput", "Hit", "Space", "SpaceStatus", "Store", "VectorRow", "open_store"]
 
 
-def open_store(url: str) -> Store:
-    """`postgresql://...` -> PostgreSQL + pgvector; anything else is a SQLite file path."""
+def open_store(url: str, create: bool = True) -> Store:
+    """`postgresql://...` -> PostgreSQL + pgvector; anything else is a SQLite file path. With create=False a
+    SQLite file that does not exist is an error (a typo must not read as an empty store): only `ingest` creates."""
     if url.startswith(("postgresql://", "postgres://")):
         from ovembed.store.postgres import PostgresStore
 
         return PostgresStore(url)
+    from pathlib import Path
+
     from ovembed.store.sqlite import SQLiteStore
 
+    if not create and not Path(url).expanduser().is_file():
+        from ovembed.errors import validation
+
+        raise validation(f"no store at {url}: `ovembed ingest` creates one (check --db / OVEMBED_DB)")
     return SQLiteStore(url)

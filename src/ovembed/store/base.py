@@ -1,6 +1,7 @@
 """The store's contract: documents -> chunks -> vectors per space, exactly one active space.
 
-A *space* is one model's vectors (model id + precision + dimension). Search runs on the active space,
+A *space* is one model's vectors: model id, precision, dimension, outputs and the fingerprint of the model's files,
+never where the model was reached (a folder or a service). Search runs on the active space,
 which is kept complete; a new space is filled beside it and activated in one transaction; activating
 the old one again is the rollback. Backends implement this ABC and pass the same contract tests."""
 
@@ -10,12 +11,12 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from ovembed.engine.outputs import SparseVector
-from ovembed.errors import ErrorKind, OvembedError
+from ovembed.errors import ErrorKind, OvembedError, validation
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,21 @@ class Space:
     model_id: str
     precision: str
     dimension: int
-    model_ref: str = ""  # the folder or URL that makes its vectors
+    model_ref: str = ""  # the folder or URL that first made its vectors (a hint for `search`, not its identity)
     sparse: bool = False  # whether lexical weights are stored too
+    fingerprint: str = ""  # the model files' checksums (Manifest.fingerprint); "" in stores from before 0.2
+
+    def same_model(self, other: Space) -> bool:
+        """Whether `other` makes this space's vectors. A space written before fingerprints were recorded
+        matches on model id, precision, dimension and outputs alone."""
+        if (self.model_id, self.precision, self.dimension, self.sparse) != \
+                (other.model_id, other.precision, other.dimension, other.sparse):
+            return False
+        return not self.fingerprint or not other.fingerprint or self.fingerprint == other.fingerprint
+
+    def describe(self) -> str:
+        return (f"{self.model_id}, {self.precision}, {self.dimension} dims"
+                + (f", fingerprint {self.fingerprint}" if self.fingerprint else ""))
 
 
 @dataclass(frozen=True)
@@ -101,17 +115,61 @@ class Store(ABC):
 
     # --- spaces ------------------------------------------------------------------------------------
     @abstractmethod
-    def create_space(self, space: Space) -> None:
-        """Create a space (idempotent for an identical definition); the first space becomes active."""
+    def create_space(self, space: Space) -> Space:
+        """Create a space, or return the existing one of that name when the same model makes it (recording the
+        fingerprint of a space from before fingerprints). The first space becomes active."""
 
     @abstractmethod
     def spaces(self) -> list[SpaceStatus]: ...
+
+    @abstractmethod
+    def space_definitions(self) -> list[Space]:
+        """Every space's definition, oldest first, without counting anything (cheap)."""
+
+    def resolve_space(self, space: Space, name: str | None = None) -> Space:
+        """The space `space`'s model fills: the one named `name` if given (created if new); else an existing
+        space of the same model under whatever name (a folder and a service of one model share it); else a
+        new one. A name held by another model is refused with what to do instead."""
+        if name:
+            space = replace(space, name=name)
+        else:
+            existing = [s for s in self.space_definitions() if s.same_model(space)]
+            exact = [s for s in existing if s.fingerprint and s.fingerprint == space.fingerprint]
+            if exact or existing:
+                space = replace(space, name=(exact or existing)[0].name)
+        return self.create_space(space)
+
+    @staticmethod
+    def _check_same_model(existing: Space, space: Space) -> None:
+        if not existing.same_model(space):
+            raise store_error(
+                f"space '{space.name}' holds vectors of another model ({existing.describe()}), not of this one "
+                f"({space.describe()}); pass --space NEW_NAME to fill a new space with this model, or drop the old "
+                f"one first (`ovembed spaces drop {space.name}`) if its vectors are not wanted")
 
     def space(self, name: str) -> SpaceStatus:
         for status in self.spaces():
             if status.space.name == name:
                 return status
         raise OvembedError(ErrorKind.MODEL_NOT_FOUND, f"no space named '{name}'")
+
+    def find_space(self, ref: str) -> Space:
+        """A space by its name, or by the names the server accepts for its model: the hub id, its last part
+        (`bge-m3`) and `BAAI/bge-m3-base` for `BAAI/bge-m3`. Several spaces of one model need the name."""
+        from ovembed.manifest import resolve_alias
+
+        spaces = self.space_definitions()
+        named = [s for s in spaces if s.name == ref]
+        if named:
+            return named[0]
+        target, _ = resolve_alias(ref)
+        found = [s for s in spaces if target in (s.model_id, s.model_id.rsplit("/", 1)[-1])]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise validation(f"several spaces hold {target} ({', '.join(s.name for s in found)}): name one")
+        known = ", ".join(s.name for s in spaces) or "none"
+        raise OvembedError(ErrorKind.MODEL_NOT_FOUND, f"no space named '{ref}' (spaces: {known})")
 
     def active_space(self) -> Space | None:
         return next((s.space for s in self.spaces() if s.active), None)

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
@@ -43,10 +44,12 @@ MIGRATIONS = [
     CREATE TABLE checkpoints (job text PRIMARY KEY, last_id bigint NOT NULL, done bigint NOT NULL,
                               updated_at timestamptz NOT NULL);
     """,
+    # 2: a space is its model, not where the model was reached: the model files' fingerprint.
+    "ALTER TABLE spaces ADD COLUMN fingerprint text NOT NULL DEFAULT ''",
 ]
 
 CHUNK_COLUMNS = "c.id, c.doc_id, c.seq, c.text, c.content_hash, c.metadata"
-SPACE_COLUMNS = "name, model_id, precision, dimension, model_ref, sparse"
+SPACE_COLUMNS = "name, model_id, precision, dimension, model_ref, sparse, fingerprint"
 
 
 class ConnectionLost(OvembedError):
@@ -158,24 +161,26 @@ class PostgresStore(Store):
             return db.execute("SELECT count(*) FROM chunks").fetchone()[0]
 
     # --- spaces ------------------------------------------------------------------------------------
-    def create_space(self, space: Space) -> None:
+    def create_space(self, space: Space) -> Space:
         if not 0 < space.dimension <= HNSW_MAX_DIM:
             raise store_error(f"space '{space.name}': dimension {space.dimension} is outside 1..{HNSW_MAX_DIM}, "
                               "the range pgvector's HNSW index takes")
         with self._tx() as db:
             row = db.execute(
                 f"INSERT INTO spaces ({SPACE_COLUMNS}, active) "
-                "VALUES (%s, %s, %s, %s, %s, %s, NOT EXISTS (SELECT 1 FROM spaces WHERE active)) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, NOT EXISTS (SELECT 1 FROM spaces WHERE active)) "
                 "ON CONFLICT (name) DO NOTHING RETURNING table_name, active",
-                (space.name, space.model_id, space.precision, space.dimension, space.model_ref, space.sparse),
+                (space.name, space.model_id, space.precision, space.dimension, space.model_ref, space.sparse,
+                 space.fingerprint),
             ).fetchone()
             if row is None:
-                existing = Space(*db.execute(f"SELECT {SPACE_COLUMNS} FROM spaces WHERE name = %s",
+                existing = Space(*db.execute(f"SELECT {SPACE_COLUMNS} FROM spaces WHERE name = %s FOR UPDATE",
                                              (space.name,)).fetchone())
-                if existing != space:
-                    raise store_error(f"space '{space.name}' already exists with a different definition "
-                                      f"({existing}); drop it first or choose another name")
-                return
+                self._check_same_model(existing, space)
+                if not existing.fingerprint and space.fingerprint:
+                    db.execute("UPDATE spaces SET fingerprint = %s WHERE name = %s", (space.fingerprint, space.name))
+                    existing = replace(existing, fingerprint=space.fingerprint)
+                return existing
             table = sql.Identifier(row[0])
             # The sparse column is typed whatever the space: it stays NULL when lexical weights are not kept.
             db.execute(sql.SQL(
@@ -189,13 +194,18 @@ class PostgresStore(Store):
                 self._index(db, table)
             # No index on `sparse`: pgvector's HNSW takes at most 1000 non-zeros per row, fewer than a long
             # passage has, so lexical search is an exact scan.
+        return space
+
+    def space_definitions(self) -> list[Space]:
+        with self._tx() as db:
+            return [Space(*r) for r in db.execute(f"SELECT {SPACE_COLUMNS} FROM spaces ORDER BY created_at, name")]
 
     def spaces(self) -> list[SpaceStatus]:
         with self._tx() as db:
             chunks = db.execute("SELECT count(*) FROM chunks").fetchone()[0]
             rows = db.execute(
                 f"SELECT {SPACE_COLUMNS}, active, table_name FROM spaces ORDER BY created_at, name").fetchall()
-            return [SpaceStatus(Space(*r[:6]), r[6], self._count(db, r[7]), chunks) for r in rows]
+            return [SpaceStatus(Space(*r[:7]), r[7], self._count(db, r[8]), chunks) for r in rows]
 
     @staticmethod
     def _index(db: psycopg.Connection, table: sql.Identifier) -> None:
@@ -336,7 +346,7 @@ class PostgresStore(Store):
                          + (" FOR UPDATE" if lock else ""), (name,)).fetchone()
         if row is None:
             raise OvembedError(ErrorKind.MODEL_NOT_FOUND, f"no space named '{name}'")
-        return Space(*row[:6]), sql.Identifier(row[6])
+        return Space(*row[:7]), sql.Identifier(row[7])
 
     @staticmethod
     def _count(db: psycopg.Connection, table: str | sql.Identifier) -> int:

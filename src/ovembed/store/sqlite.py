@@ -54,7 +54,10 @@ MIGRATIONS = [
     CREATE TABLE checkpoints (job TEXT PRIMARY KEY, last_id INTEGER NOT NULL, done INTEGER NOT NULL,
                               updated_at REAL NOT NULL);
     """,
+    # 2: a space is its model, not where the model was reached: the model files' fingerprint.
+    "ALTER TABLE spaces ADD COLUMN fingerprint TEXT NOT NULL DEFAULT ''",
 ]
+SPACE_COLUMNS = "name, model_id, precision, dimension, model_ref, sparse, fingerprint"
 
 
 class SQLiteStore(Store):
@@ -148,39 +151,46 @@ class SQLiteStore(Store):
             return self.conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
 
     # --- spaces ------------------------------------------------------------------------------------
-    def create_space(self, space: Space) -> None:
+    def create_space(self, space: Space) -> Space:
         with self._tx() as db:
-            row = db.execute("SELECT name, model_id, precision, dimension, model_ref, sparse FROM spaces WHERE name = ?",
-                             (space.name,)).fetchone()
+            row = db.execute(f"SELECT {SPACE_COLUMNS} FROM spaces WHERE name = ?", (space.name,)).fetchone()
             if row is not None:
-                if _space(row) != space:
-                    raise store_error(f"space '{space.name}' already exists with a different definition "
-                                      f"({_space(row)}); drop it first or choose another name")
-                return
+                existing = _space(row)
+                self._check_same_model(existing, space)
+                if not existing.fingerprint and space.fingerprint:
+                    db.execute("UPDATE spaces SET fingerprint = ? WHERE name = ?", (space.fingerprint, space.name))
+                    existing = _space((*row[:6], space.fingerprint))
+                return existing
             first = db.execute("SELECT COUNT(*) FROM spaces").fetchone()[0] == 0
-            db.execute("INSERT INTO spaces VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            db.execute(f"INSERT INTO spaces ({SPACE_COLUMNS}, active, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (space.name, space.model_id, space.precision, space.dimension, space.model_ref,
-                        int(space.sparse), int(first), time.time()))
+                        int(space.sparse), space.fingerprint, int(first), time.time()))
+            return space
+
+    def space_definitions(self) -> list[Space]:
+        with self._lock:
+            rows = self.conn.execute(f"SELECT {SPACE_COLUMNS} FROM spaces ORDER BY created_at, name").fetchall()
+        return [_space(r) for r in rows]
 
     def spaces(self) -> list[SpaceStatus]:
         with self._lock:
             chunks = self.conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
             rows = self.conn.execute(
-                "SELECT s.name, s.model_id, s.precision, s.dimension, s.model_ref, s.sparse, s.active, "
+                "SELECT s.name, s.model_id, s.precision, s.dimension, s.model_ref, s.sparse, s.fingerprint, s.active, "
                 "(SELECT COUNT(*) FROM vectors v WHERE v.space = s.name) FROM spaces s ORDER BY s.created_at, s.name"
             ).fetchall()
-        return [SpaceStatus(_space(r[:6]), bool(r[6]), r[7], chunks) for r in rows]
+        return [SpaceStatus(_space(r[:7]), bool(r[7]), r[8], chunks) for r in rows]
 
     def active_space(self) -> Space | None:
         with self._lock:  # no vector counts: this is on every search's path
-            row = self.conn.execute("SELECT name, model_id, precision, dimension, model_ref, sparse FROM spaces "
+            row = self.conn.execute(f"SELECT {SPACE_COLUMNS} FROM spaces "
                                     "WHERE active = 1").fetchone()
         return _space(row) if row else None
 
     def _definition(self, name: str) -> Space:
         """A space's definition without counting its vectors (cheap: for every search and write)."""
         with self._lock:
-            row = self.conn.execute("SELECT name, model_id, precision, dimension, model_ref, sparse FROM spaces "
+            row = self.conn.execute(f"SELECT {SPACE_COLUMNS} FROM spaces "
                                     "WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise OvembedError(ErrorKind.MODEL_NOT_FOUND, f"no space named '{name}'")
@@ -319,4 +329,5 @@ def _chunk(row) -> Chunk:
 
 
 def _space(row) -> Space:
-    return Space(name=row[0], model_id=row[1], precision=row[2], dimension=row[3], model_ref=row[4], sparse=bool(row[5]))
+    return Space(name=row[0], model_id=row[1], precision=row[2], dimension=row[3], model_ref=row[4],
+                 sparse=bool(row[5]), fingerprint=row[6])

@@ -12,6 +12,7 @@ import pytest
 from cli_runner import run_cli
 from ovembed.cli.common import EXIT_CODES, exit_code
 from ovembed.errors import ErrorKind
+from ovembed.store import open_store
 
 COMMANDS = ("quantize", "embed", "serve", "ingest", "search", "spaces", "reembed", "eval", "validate", "bench")
 BENCH_COMMANDS = ("engine", "http", "soak", "memory", "store")
@@ -69,9 +70,12 @@ def test_each_error_kind_has_one_exit_code():
 
 def test_db_defaults_to_ovembed_db(tmp_path):
     db = tmp_path / "from-env.db"
+    missing = run_cli("spaces", "list", "--json", env={"OVEMBED_DB": str(db)})
+    assert missing.returncode == 2 and f"no store at {db}" in missing.stderr and not db.exists()
+    open_store(str(db)).close()
     result = run_cli("spaces", "list", "--json", env={"OVEMBED_DB": str(db)})
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == [] and db.exists()
+    assert json.loads(result.stdout) == []
 
 
 def test_validate_talks_to_ovembed_url_and_fails_the_check_when_unreachable():
@@ -82,9 +86,13 @@ def test_validate_talks_to_ovembed_url_and_fails_the_check_when_unreachable():
     assert report["url"] == url and report["passed"] is False
 
 
-def test_an_explicit_model_wins_over_a_url_from_the_environment(tmp_path, minilm_int8):
+def test_a_model_folder_wins_over_a_url_from_the_environment(tmp_path, minilm_int8):
     db = str(tmp_path / "s.db")
-    both = run_cli("search", "q", "--db", db, "--model", minilm_int8, "--url", "http://127.0.0.1:9")
-    assert both.returncode == 2 and "exactly one of --model" in both.stderr
-    from_env = run_cli("search", "q", "--db", db, "--model", minilm_int8, env={"OVEMBED_URL": "http://127.0.0.1:9"})
-    assert from_env.returncode == 0, from_env.stderr  # an empty store: no results, and no conflict
+    (tmp_path / "a.txt").write_text("The Eiffel Tower is in Paris.")
+    assert run_cli("ingest", tmp_path / "a.txt", "--db", db, "--model", minilm_int8).returncode == 0
+    closed = f"http://127.0.0.1:{_closed_port()}"
+    from_env = run_cli("search", "Paris", "--db", db, "--model", minilm_int8, env={"OVEMBED_URL": closed})
+    assert from_env.returncode == 0 and "a.txt" in from_env.stdout, from_env.stderr
+    # An explicit --url makes --model the name of a served model: that service is asked, and is not there.
+    both = run_cli("search", "Paris", "--db", db, "--model", "minilm-int8", "--url", closed)
+    assert both.returncode != 0 and closed in both.stderr and "Traceback" not in both.stderr

@@ -55,7 +55,7 @@ def test_first_space_is_active_and_spaces_are_idempotent(store):
     assert statuses[MINI.name].active and not statuses[M3.name].active
     assert statuses[M3.name].space == M3
     assert store.active_space() == MINI
-    with pytest.raises(OvembedError, match="already exists"):
+    with pytest.raises(OvembedError, match="holds vectors of another model.*--space NEW_NAME"):
         store.create_space(Space(MINI.name, "other", "fp32", 16))
 
 

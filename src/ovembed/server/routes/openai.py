@@ -9,20 +9,22 @@ from ovembed.server import schemas
 from ovembed.server.errors import JSONResponse
 from ovembed.server.inference import embed, usage
 from ovembed.server.state import Config, Registry
+from ovembed.server.token_ids import embed_token_ids, token_id_lists
 
 
 async def openai_embeddings(req: schemas.OpenAIEmbeddingRequest, registry: Registry, settings: Config):
-    texts = [req.input] if isinstance(req.input, str) else req.input
-    if not texts:
+    if req.input == []:
         raise validation("input must not be empty")
-    if not all(isinstance(t, str) for t in texts):
-        raise validation("input must be text: token-id arrays are not accepted, since they would be another "
-                         "tokenizer's ids (LangChain: OpenAIEmbeddings(..., check_embedding_ctx_length=False))")
     entry = registry.get(req.model)
     if req.dimensions is not None and req.dimensions != entry.manifest.dimension:
         raise validation(f"dimensions={req.dimensions} is not supported: {entry.model_id} has "
                          f"{entry.manifest.dimension} dimensions and does not truncate them")
-    result = await embed(registry, settings, entry, texts, ["dense"], normalize=True, truncate=True)
+    sequences = token_id_lists(req.input)
+    if sequences is not None:  # OpenAI clients' token ids, read as settings.token_ids says
+        result = await embed_token_ids(registry, settings, entry, sequences)
+    else:
+        texts = [req.input] if isinstance(req.input, str) else req.input
+        result = await embed(registry, settings, entry, texts, ["dense"], normalize=True, truncate=True)
     if req.encoding_format == "base64":
         vectors = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in result.dense]
     else:
@@ -33,6 +35,7 @@ async def openai_embeddings(req: schemas.OpenAIEmbeddingRequest, registry: Regis
 
 async def openai_models(registry: Registry):
     return {"object": "list", "data": [
-        {"id": e.model_id, "object": "model", "created": 0, "owned_by": "ovembed", "aliases": [e.name, *e.aliases]}
+        {"id": e.model_id, "object": "model", "created": 0, "owned_by": "ovembed", "aliases": [e.name, *e.aliases],
+         "fingerprint": e.manifest.fingerprint if e.manifest else None}
         for e in registry.entries
     ]}
