@@ -30,6 +30,19 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def int8_dot_products() -> bool:
+    """Whether this CPU has int8 dot-product units (AVX-512 VNNI, AVX-VNNI or AMX). Without them, oneDNN's int8
+    kernels sum through saturating 16-bit intermediates (AVX2 `vpmaddubsw`): the same int8 model gives other,
+    noisier numbers (docs/quality.md#2-what-int8-costs-all-23-shared-sets)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")),
+                 set())
+    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
 def machine() -> dict:
     cpu = platform.processor() or ""
     try:

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from ovembed.bench.common import int8_dot_products
 from ovembed.bench.memory import fit_formula, memory_rows, memory_table, predicted_peak, run_memory
 
 
@@ -57,11 +58,6 @@ print(json.dumps({"growth_mb": process.memory_info().rss / 2**20 - warm, "in_for
 """
 
 
-def _cpu_flags() -> set[str]:
-    with open("/proc/cpuinfo") as info:
-        return next((set(line.split(":", 1)[1].split()) for line in info if line.startswith("flags")), set())
-
-
 def _cache_child(folder, kernel_cache: int, calls: int = 150, env: dict[str, str] | None = None) -> dict:
     full_env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"} | (env or {})
     proc = subprocess.run([sys.executable, "-c", _CACHE_CHILD, str(folder), str(kernel_cache), str(calls)], env=full_env,
@@ -78,7 +74,7 @@ def test_the_kernel_cache_bounds_rss_growth_under_new_shapes(minilm_int8):
     capped = _cache_child(minilm_int8, 32)
     assert (default["in_force"], default["env"]) == (1024, "1024")
     assert (capped["in_force"], capped["env"]) == (32, "32")  # set before the first compile; a later ask (5) is ignored
-    if _cpu_flags() & {"amx_int8", "avx512_vnni"}:
+    if int8_dot_products():
         # The INT8 kernels this project targets (docs/reliability.md#the-kernel-cache): one per layer and shape.
         assert capped["growth_mb"] < 0.5 * default["growth_mb"], (capped, default)
     else:
