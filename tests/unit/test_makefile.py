@@ -2,8 +2,8 @@
 names for MODEL (from its id), another MODEL is a new quantize, and a MODEL that is neither a folder nor a hub id
 stops make with quantize's message before anything is served.
 
-make runs in an empty folder (models/ is made there) with VENV pointing at a folder that links this environment's
-`ovembed`, its install stamps newer than pyproject.toml and constraints.txt, so make installs nothing."""
+make runs in an empty folder (models/ is made there) with VENV pointing at a folder that holds only a link to this
+environment's `ovembed` and install stamps dated in the future: make never installs anything (and has no pip to)."""
 
 from __future__ import annotations
 
@@ -33,11 +33,11 @@ def workdir(tmp_path) -> Path:
     work.mkdir()
     for name in ("pyproject.toml", "constraints.txt"):  # the stamps' prerequisites, as make sees them
         (work / name).symlink_to(ROOT / name)
-    real = Path(sys.executable).parent
-    for name in ("ovembed", "python", "pip", "activate"):
-        (bin_dir / name).symlink_to(real / name)
-    for stamp in (".torch-cpu", ".installed-serve", ".installed-dev"):
+    (bin_dir / "ovembed").symlink_to(Path(sys.executable).parent / "ovembed")
+    future = time.time() + 10 * 365 * 86400  # newer than pyproject.toml even while someone edits it
+    for stamp in ("bin/activate", ".torch-cpu", ".installed-serve", ".installed-dev"):
         (tmp_path / "venv" / stamp).touch()
+        os.utime(tmp_path / "venv" / stamp, (future, future))
     return work
 
 
