@@ -72,7 +72,7 @@ def test_missing_files_are_a_clear_error(tmp_path, minilm_int8):
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "corpus.jsonl").write_text('{"_id": "d", "text": "x"}\n')
     (tmp_path / "empty").mkdir()
-    for data, message in ((tmp_path / "half", "no queries.jsonl"), (tmp_path / "empty", "no pairs.tsv"),
+    for data, message in ((tmp_path / "half", "no queries.jsonl"), (tmp_path / "empty", "not a dataset folder"),
                           (tmp_path / "none", "not a folder")):
         proc = run_cli("eval", "--data", data, "--model", minilm_int8, "--no-cache")
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
