@@ -78,13 +78,20 @@ def test_missing_files_are_a_clear_error(tmp_path, minilm_int8):
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.fixture(scope="module")
+def eval_cache(tmp_path_factory):
+    """One embeddings cache for this module's runs over the shared sets: the fp32 MiniLM vectors of the MTEB check
+    serve the all-sets check too (about 2 minutes less CI on a 2-core machine)."""
+    return tmp_path_factory.mktemp("evalcache")
+
+
 @pytest.mark.slow
-def test_minilm_fp32_lands_on_the_published_mteb_scores(shared_data, minilm_fp32, tmp_path):
+def test_minilm_fp32_lands_on_the_published_mteb_scores(shared_data, minilm_fp32, tmp_path, eval_cache):
     published = {"xquad/en": 0.944, "xquad/de": 0.703, "xquad/es": 0.632,
                  "stsb_multi_mt/en": 0.820, "stsb_multi_mt/de": 0.624}
     data = [str(shared_data / name) for name in published]
     proc = _eval(*[a for d in data for a in ("--data", d)], "--model", str(minilm_fp32), "--json",
-                 "--cache-dir", str(tmp_path / "cache"), "--report", str(tmp_path / "quality.md"))
+                 "--cache-dir", str(eval_cache), "--report", str(tmp_path / "quality.md"))
     assert proc.returncode == 0, proc.stderr
     rows = {r["dataset"]: r for r in json.loads(proc.stdout)}
     for name, score in published.items():
@@ -94,9 +101,9 @@ def test_minilm_fp32_lands_on_the_published_mteb_scores(shared_data, minilm_fp32
     report = (tmp_path / "quality.md").read_text()
     assert "| xquad/de | dense | ndcg@10 |" in report and "ovembed eval --data" in report and "cores" in report
     # A rerun reads the corpus vectors from the cache and gives the same numbers.
-    again = _eval("--data", data[0], "--model", str(minilm_fp32), "--json", "--cache-dir", str(tmp_path / "cache"))
+    again = _eval("--data", data[0], "--model", str(minilm_fp32), "--json", "--cache-dir", str(eval_cache))
     assert json.loads(again.stdout)[0] == rows["xquad/en"]
-    assert any((tmp_path / "cache").rglob("*.dense.npz"))
+    assert any(eval_cache.rglob("*.dense.npz"))
 
 
 def test_a_service_url_scores_like_the_local_folder(server, tiny_m3_fp32, tmp_path):
@@ -189,7 +196,7 @@ def test_cross_lingual_needs_shared_ids(tmp_path, minilm_int8):
 
 
 @pytest.mark.slow
-def test_int8_recipes_lose_at_most_001_against_fp32_on_every_shared_set(shared_data, tmp_path_factory, minilm_fp32,
+def test_int8_recipes_lose_at_most_001_against_fp32_on_every_shared_set(shared_data, eval_cache, minilm_fp32,
                                                                    minilm_int8, minilm_int8_weights):
     from ovembed.quality import evaluate
 
@@ -197,7 +204,7 @@ def test_int8_recipes_lose_at_most_001_against_fp32_on_every_shared_set(shared_d
         sorted(str(p.parent) for p in shared_data.glob("*/*/corpus.jsonl"))
     assert len(sets) >= 20
     rows = evaluate([str(minilm_fp32), str(minilm_int8), str(minilm_int8_weights)], sets,
-                    cache=tmp_path_factory.mktemp("evalcache"))
+                    cache=eval_cache)
     score = {(r["model"], r["dataset"]): r.get("spearman", r.get("ndcg@10")) for r in rows}
     loss = {}
     for quantized in (minilm_int8.name, minilm_int8_weights.name):
