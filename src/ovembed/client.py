@@ -24,6 +24,13 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
+def default_model(status: dict) -> dict | None:
+    """The default model's entry in a /models/status answer's models[] (its state, error, fingerprint, ...)."""
+    wanted = status.get("embedding_model")
+    return next((m for m in status.get("models") or [] if isinstance(m, dict) and wanted in (m.get("id"),
+                                                                                              m.get("name"))), None)
+
+
 def service_error(response: httpx.Response, where: str) -> OvembedError:
     """The error a service answered, with its own kind: `{"error": kind, "detail": message}`, or under /v1
     `{"error": {"code": kind, "message": message}}`. Another body (a proxy's page) or an unknown kind falls

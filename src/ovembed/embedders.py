@@ -81,8 +81,7 @@ class ServiceEmbedder(Embedder):
         info = _served_model(url, served, model, space)
         self.model = info["name"]
         self.outputs = info["outputs"]
-        self.space = Space(info["name"], info["id"], info["precision"], info["dimension"], url,
-                           sparse="sparse" in info["outputs"], fingerprint=info.get("fingerprint") or "")
+        self.space = served_space(info, url)
         self.max_tokens = info["max_length"] - 2
 
     def embed(self, texts, sparse):
@@ -98,6 +97,19 @@ class ServiceEmbedder(Embedder):
         return self.client.colbert(texts, self.model)
 
 
+def served_space(info: dict, url: str = "") -> Space:
+    """The space a served model (an entry of /models/status's models[]) fills."""
+    return Space(info["name"], info["id"], info["precision"], info["dimension"], url,
+                 sparse="sparse" in info["outputs"], fingerprint=info.get("fingerprint") or "")
+
+
+def serving(status: dict, space: Space) -> dict | None:
+    """The served model that makes `space`'s vectors (the same fingerprint first), or None."""
+    matching = [m for m in status["models"] if m["dimension"] is not None and space.same_model(served_space(m))]
+    exact = [m for m in matching if space.fingerprint and m.get("fingerprint") == space.fingerprint]
+    return (exact or matching or [None])[0]
+
+
 def _served_model(url: str, status: dict, model: str | None, space: Space | None) -> dict:
     models = status["models"]
     names = ", ".join(m["name"] for m in models)
@@ -110,21 +122,16 @@ def _served_model(url: str, status: dict, model: str | None, space: Space | None
             raise OvembedError(ErrorKind.MODEL_NOT_FOUND, f"{url} does not serve '{model}' (it serves: {names})")
         return info
     if space is None:
-        return next(m for m in models if m["id"] == status["embedding_model"] or m["name"] == status["embedding_model"])
+        from ovembed.client import default_model
 
-    def makes(m: dict) -> bool:
-        return m["dimension"] is not None and space.same_model(
-            Space(m["name"], m["id"], m["precision"], m["dimension"], sparse="sparse" in m["outputs"],
-                  fingerprint=m.get("fingerprint") or ""))
-
-    matching = [m for m in models if makes(m)]
-    exact = [m for m in matching if space.fingerprint and m.get("fingerprint") == space.fingerprint]
-    if not matching:
+        return default_model(status) or models[0]
+    info = serving(status, space)
+    if info is None:
         raise OvembedError(ErrorKind.MODEL_NOT_FOUND,
                            f"{url} serves no model that makes space '{space.name}' ({space.describe()}); it serves: "
                            f"{names}. Serve that model there, or name a served one with --model NAME (and a new "
                            "space with --space, or `ovembed reembed` to move the store to it)")
-    return (exact or matching)[0]
+    return info
 
 
 def make_embedder(model: str | None = None, url: str | None = None, api_key: str | None = None,

@@ -97,12 +97,11 @@ class Manifest:
     def fingerprint(self) -> str:
         """What identifies the model's vectors wherever it is reached from (a folder, a service): its verified
         files' checksums. Two folders with the same files make the same vectors."""
-        return fingerprint(self.files)
+        return hashlib.sha256(json.dumps(self.files, sort_keys=True).encode()).hexdigest()[:16]
 
     def model_id(self, fallback: str) -> str:
         """The hub id when the source was one, else `fallback` (the folder name)."""
-        source = self.source
-        return source if source.count("/") == 1 and not source.startswith(("/", ".", "~")) else fallback
+        return self.source if looks_like_hub_id(self.source) else fallback
 
     def write(self, folder: Path) -> None:
         (Path(folder) / MANIFEST_NAME).write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n")
@@ -152,8 +151,9 @@ class Manifest:
                 )
 
 
-def fingerprint(files: dict[str, str]) -> str:
-    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+def looks_like_hub_id(name: str) -> bool:
+    """`org/name`, not a path (`./x/y`, `/x/y`, `~/x`)."""
+    return name.count("/") == 1 and not name.startswith((".", "/", "~"))
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

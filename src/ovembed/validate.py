@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ovembed.client import Client
+from ovembed.client import Client, default_model
 from ovembed.errors import ErrorKind, OvembedError
 from ovembed.manifest import resolve_alias
 from ovembed.workload import QUERY_WORDS, percentiles, varied_texts
@@ -100,20 +100,12 @@ def check_health(client: Client, wait: LoadWait) -> Check:
     return Check("reachable", status == "ok", value, expected)
 
 
-def default_entry(status: dict) -> dict:
-    """The default model's entry in models[]: its state (not_loaded | loading | ready | error) and error."""
-    for entry in status.get("models") or []:
-        if isinstance(entry, dict) and entry.get("id") == status.get("embedding_model"):
-            return entry
-    return {}
-
-
 def await_load(client: Client, status: dict, wait: LoadWait, wake: Callable[[float], str | None]) -> tuple[dict, str]:
     """The status once the default model has loaded, failed, or the wait ran out, and why it is not loaded
     when it is not. A model not loaded yet on a service that loads on first use is woken by one request."""
     woken = None
     while status.get("embedding_loaded") is not True:
-        entry = default_entry(status)
+        entry = default_model(status) or {}
         state = entry.get("state")
         if state == "error":
             return status, f"failed to load: {entry.get('error')}"

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from ovembed.bench.common import free_port
 from ovembed.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,12 +64,6 @@ def test_make_serve_stops_on_a_model_that_is_neither_a_folder_nor_a_hub_id(model
     assert sorted(p.name for p in (workdir / "models").iterdir()) == ["bge-m3-int8"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _get(url: str) -> dict | None:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -85,7 +79,7 @@ def test_make_serve_quantizes_into_the_folder_named_from_the_id_then_serves_it(w
     old = time.time() - 3600
     for path in source.rglob("*"):
         os.utime(path, (old, old))
-    port = _free_port()
+    port = free_port()
     args = [f"MODEL={source}", "MODEL_ID=BAAI/bge-m3", "PRECISION=fp32", f"SERVE_ARGS=--port {port}"]
     make = _make(workdir, "serve", *args, start_new_session=True)
     try:

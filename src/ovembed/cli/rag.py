@@ -28,9 +28,11 @@ def _rag(db: str, model: str | None, url: str | None, api_key: str | None, space
 
     store = open_store(db, create=create)
     try:
-        # The space whose model embeds: --space (ingest may name a new one), else the active space.
-        named = store.find_space(space) if space and (not create or store.space_definitions()) else None
-        target = named or store.active_space()
+        # The space whose model embeds: --space, else the active one. Ingest into an empty store: --space names
+        # the first space, which does not exist yet.
+        target = store.active_space()
+        if space and (target is not None or not create):
+            target = store.find_space(space)
         return RAG(store, make_embedder(model, service_url(url, model), api_key, space=target), space)
     except BaseException:
         store.close()
@@ -124,18 +126,14 @@ def spaces(action, name, force, db, url, api_key, as_json) -> None:
 
 
 def _served_by(url: str, api_key: str | None, spaces: list) -> dict[str, str]:
-    """Space name -> the served model that makes it, for the spaces a service at `url` can embed."""
-    from ovembed.embedders import ServiceEmbedder
-    from ovembed.errors import OvembedError
+    """Space name -> the served model that makes it, for the spaces a service at `url` can embed (one status
+    request for all of them)."""
+    from ovembed.client import Client
+    from ovembed.embedders import serving
 
-    found = {}
-    for space in spaces:
-        try:
-            found[space.name] = ServiceEmbedder(url, api_key, space=space).model
-        except OvembedError as exc:
-            if exc.kind.name != "MODEL_NOT_FOUND":
-                raise
-    return found
+    with Client(url, api_key=api_key) as client:
+        status = client.status()
+    return {space.name: info["name"] for space in spaces if (info := serving(status, space)) is not None}
 
 
 @click.command(short_help="fill a new space (another model) from the stored chunk texts, resumably")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ovembed.errors import ErrorKind, OvembedError
-from ovembed.manifest import MANIFEST_NAME, Manifest, resolve_alias
+from ovembed.manifest import MANIFEST_NAME, Manifest, looks_like_hub_id, resolve_alias
 
 
 def hub_id(model: str, warn=print) -> str:
@@ -16,7 +16,7 @@ def hub_id(model: str, warn=print) -> str:
     model_id, warning = resolve_alias(model)
     if warning:
         warn(f"warning: {warning}")
-    if model_id.count("/") != 1 or model.startswith((".", "/", "~")):
+    if not looks_like_hub_id(model_id) or model.startswith((".", "/", "~")):
         raise OvembedError(
             ErrorKind.MODEL_NOT_FOUND, f"'{model}' is neither a local folder nor a hub id like BAAI/bge-m3"
         )

@@ -87,8 +87,9 @@ def job_name(space: str) -> str:
 
 @dataclass
 class JobStart:
-    """Where a reembed run starts: its checkpoint and the store's counts."""
+    """Where a reembed run starts: the space it fills, its checkpoint and the store's counts."""
 
+    space: Space
     job: str
     after_id: int
     done_before: int
@@ -96,11 +97,12 @@ class JobStart:
     already: int
 
 
-def start_job(store: Store, space: Space) -> JobStart:
-    store.create_space(space)
+def start_job(store: Store, space: Space, name: str | None = None) -> JobStart:
+    """The job filling the space `space`'s model fills (named `name`, else found by the model: Store.resolve_space)."""
+    space = store.resolve_space(space, name)
     job = job_name(space.name)
     after_id, done_before = store.get_checkpoint(job)
-    return JobStart(job, after_id, done_before, store.count_chunks(), store.count_vectors(space.name))
+    return JobStart(space, job, after_id, done_before, store.count_chunks(), store.count_vectors(space.name))
 
 
 def finish_job(store: Store, space: str, activate: bool) -> bool:
@@ -120,15 +122,13 @@ def reembed(db: str, embedder: Embedder, batch: int = 256, activate: bool = Fals
 
     A lost database connection (`transient` errors, see store.postgres.ConnectionLost) after the job has
     started is retried: new connections, from the checkpoint, after 0.5, 1, 2, ... (at most 15) seconds."""
-    with open_store(db, create=False) as store:
-        embedder.space = store.resolve_space(embedder.space, space)
     halt = stop or threading.Event()
     cache = _TextCache()  # kept across attempts: what was embedded before a failure is not embedded again
     state = _Attempts()
     started = time.perf_counter()
     while True:
         try:
-            return _attempt(db, embedder, batch, activate, progress, halt, cache, state, started)
+            return _attempt(db, embedder, space, batch, activate, progress, halt, cache, state, started)
         except OvembedError as exc:
             if not getattr(exc, "transient", False) or state.first is None or halt.is_set():
                 raise  # a database that never answered is a configuration error, not a fault to wait out
@@ -159,13 +159,14 @@ class _Attempts:
     retries: int = 0
 
 
-def _attempt(db: str, embedder: Embedder, batch: int, activate: bool, progress: bool, halt: threading.Event,
-             cache: _TextCache, state: _Attempts, started: float) -> ReembedStats:
+def _attempt(db: str, embedder: Embedder, name: str | None, batch: int, activate: bool, progress: bool,
+             halt: threading.Event, cache: _TextCache, state: _Attempts, started: float) -> ReembedStats:
     """One run: read -> embed -> write until no chunk lacks a vector, or the first error."""
-    target = embedder.space
     reader_store, writer_store = _open_stores(db)
     try:
-        begin = start_job(writer_store, target)
+        begin = start_job(writer_store, embedder.space, name)
+        # Reached through a folder or a service, the model fills its space under that space's name.
+        target = embedder.space = begin.space
         state.first = state.first or begin
         _run_stages(reader_store, writer_store, embedder, begin, batch, progress, halt, cache, state)
         activated = finish_job(writer_store, target.name, activate)
@@ -179,9 +180,9 @@ def _attempt(db: str, embedder: Embedder, batch: int, activate: bool, progress: 
 
 def _open_stores(db: str) -> tuple[Store, Store]:
     """(reader's, writer's): one connection per stage."""
-    reader_store = open_store(db)
+    reader_store = open_store(db, create=False)
     try:
-        return reader_store, open_store(db)
+        return reader_store, open_store(db, create=False)
     except BaseException:
         reader_store.close()
         raise

@@ -96,10 +96,13 @@ def reembed_ray(db: str, target: str, batch: int = 256, activate: bool = False, 
     if batch < 1 or actors < 1:
         raise OvembedError(ErrorKind.VALIDATION, "--batch and --actors must be at least 1")
     db, target = _absolute(db, target, url)
-    store, space = _target_space(db, target, api_key, url, space_name)
+    # Only the model's space is needed here; the model is freed before the actors load their own copies.
+    model_space = embedder_for(target, api_key, url).space
+    store = open_store(db, create=False)
     started = False
     try:
-        begin = start_job(store, space)
+        begin = start_job(store, model_space, space_name)
+        space = begin.space
         clock = time.perf_counter()
         ranges = list(missing_ranges(store, space.name, batch))
         written = reused = 0
@@ -143,17 +146,6 @@ def _absolute(db: str, target: str, url: str | None) -> tuple[str, str]:
     if not db.startswith(("postgresql://", "postgres://")):
         db = str(Path(db).expanduser().resolve())
     return db, target
-
-
-def _target_space(db: str, target: str, api_key: str | None, url: str | None, name: str | None):
-    """(the open store, the space the job fills). Only the space is needed here; the model is freed before the
-    actors load their own copies."""
-    store = open_store(db, create=False)
-    try:
-        return store, store.resolve_space(embedder_for(target, api_key, url).space, name)
-    except BaseException:
-        store.close()
-        raise
 
 
 def _domain_error(exc: BaseException, ray_error: type) -> OvembedError | None:

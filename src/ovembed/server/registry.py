@@ -38,6 +38,11 @@ class ModelEntry:
         """The id responses report: the hub id when known, else the folder name."""
         return self.manifest.model_id(self.name) if self.manifest else self.name
 
+    @property
+    def fingerprint(self) -> str | None:
+        """The model files' checksums (Manifest.fingerprint): the same model reached another way matches."""
+        return self.manifest.fingerprint if self.manifest else None
+
 
 class ModelRegistry:
     def __init__(self, settings: Settings, metrics: Metrics):

@@ -80,9 +80,8 @@ def test_a_store_written_before_fingerprints_keeps_working(backend, request, tmp
         assert (old.name, old.fingerprint, old.dimension) == ("minilm-int8", "", 384)
         rag = RAG(store, LocalEmbedder(minilm_int8))
         assert rag.search("Where is the Eiffel Tower?", k=1)[0].chunk.doc_id == "paris.txt"
-        docs = read_documents(str(tmp_path / "new.txt")) if (tmp_path / "new.txt").write_text(
-            "Mount Fuji is the highest mountain in Japan.") else []
-        rag.ingest(docs)
+        (tmp_path / "new.txt").write_text("Mount Fuji is the highest mountain in Japan.")
+        rag.ingest(read_documents(str(tmp_path / "new.txt")))
         [space] = store.space_definitions()  # the same model from another folder: no second space
         assert space.name == "minilm-int8" and space.fingerprint == LocalEmbedder(minilm_int8).space.fingerprint
         assert store.space("minilm-int8").complete and store.count_chunks() == 4

@@ -36,6 +36,6 @@ async def openai_embeddings(req: schemas.OpenAIEmbeddingRequest, registry: Regis
 async def openai_models(registry: Registry):
     return {"object": "list", "data": [
         {"id": e.model_id, "object": "model", "created": 0, "owned_by": "ovembed", "aliases": [e.name, *e.aliases],
-         "fingerprint": e.manifest.fingerprint if e.manifest else None}
+         "fingerprint": e.fingerprint}
         for e in registry.entries
     ]}

@@ -28,7 +28,7 @@ def model_info(entry: ModelEntry) -> dict:
         "name": entry.name, "id": entry.model_id, "aliases": entry.aliases, "state": entry.state,
         "loaded": entry.state == "ready", "dimension": m.dimension if m else None,
         "precision": m.precision if m else None, "max_length": m.max_length if m else None,
-        "outputs": m.outputs if m else [], "fingerprint": m.fingerprint if m else None,
+        "outputs": m.outputs if m else [], "fingerprint": entry.fingerprint,
         "load_seconds": entry.load_seconds, "error": entry.error,
     }
 
