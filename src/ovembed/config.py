@@ -38,6 +38,16 @@ class Settings(BaseSettings):
     # queued while the engine was busy, so a lone query pays no wait and load still gets large batches.
     batch_wait_ms: float = Field(0.0, ge=0)
     batch_tokens: int = Field(16384, ge=64)  # token budget per inference batch
+    # Scheduling (docs/reliability.md#mixed-traffic): a request of at most short_request_tokens tokens takes the
+    # short lane, so it never waits behind documents (0: one first-come-first-served lane). lanes=2 compiles the
+    # model twice so short work runs beside a long batch (more memory); lanes=1 shares one engine and the bulk
+    # lane steps aside between its batches, for at most bulk_yield_ms each time.
+    short_request_tokens: int = Field(512, ge=0)
+    lanes: int = Field(2, ge=1, le=2)
+    bulk_yield_ms: float = Field(250.0, ge=0)
+    # An idle lane gives back the intermediate buffers a batch of more than this many padded tokens left behind
+    # (OpenVINO keeps them sized for the largest call; figures: docs/reliability.md#5-memory-and-how-to-size-a-machine).
+    release_tokens: int = Field(2048, ge=0)
     # Input shapes whose prepared kernels OpenVINO keeps; OpenVINO's own default (5000) let RSS grow under mixed lengths.
     shape_cache: int = Field(128, ge=0)
     # oneDNN kernels kept per process; its own default (1024) let RSS grow under mixed lengths

@@ -30,7 +30,8 @@ def worker(plan: dict) -> dict:
 
     t0 = time.perf_counter()
     budget = TokenBudget(tokens=plan["batch_tokens"], attention=plan["batch_tokens"] * 512)
-    model = EmbeddingModel(Path(plan["model"]), budget=budget, infer_requests=plan["infer_requests"])
+    model = EmbeddingModel(Path(plan["model"]), budget=budget, infer_requests=plan["infer_requests"],
+                           lanes=plan.get("lanes", 1))
     figures = {"load_s": round(time.perf_counter() - t0, 2), "idle_mb": round(_vm("VmRSS"), 1)}
     m = model.manifest
     rng = np.random.default_rng(0)
@@ -58,6 +59,9 @@ def worker(plan: dict) -> dict:
                    after_mb=round(_vm("VmRSS"), 1), batches=len(batches), infer_requests=model.runtime.infer_requests,
                    batch_texts=max(len(b) for b in batches), hidden=m.hidden_size, colbert_dim=m.colbert_dimension,
                    max_length=m.max_length)
+    model.release_buffers(0)  # what an idle lane of the service does (TokenBudgetBatcher: IDLE_RELEASE_S)
+    model.drop_mapped_weights()
+    figures["released_mb"] = round(_vm("VmRSS"), 1)
     return figures
 
 
@@ -137,7 +141,7 @@ def predicted_peak(fit: dict, batch_tokens: int, max_length: int) -> float:
 
 
 def run_memory(model: Path, budgets: list[int], infer_requests: list[int], scenarios: list[str],
-               max_length: int | None = None, progress=None) -> dict:
+               max_length: int | None = None, progress=None, lanes: int = 1) -> dict:
     from ovembed.manifest import Manifest
 
     say = progress or (lambda message: None)
@@ -151,9 +155,9 @@ def run_memory(model: Path, budgets: list[int], infer_requests: list[int], scena
             f"{row.texts} x {row.length} tokens ...")
         row.figures = run_child("ovembed.bench.memory:worker", {
             "model": str(model), "batch_tokens": row.batch_tokens, "infer_requests": row.infer_requests,
-            "texts": row.texts, "length": row.length})
+            "texts": row.texts, "length": row.length, "lanes": lanes})
     fit = fit_formula(rows)
-    report = {"model": str(model), "max_length": length, "rows": [
+    report = {"model": str(model), "max_length": length, "lanes": lanes, "rows": [
         {"batch_tokens": r.batch_tokens, "infer_requests": r.infer_requests, "scenario": r.scenario, "texts": r.texts,
          "length": r.length, "in_flight": r.in_flight if "batches" in r.figures else None, **r.figures} for r in rows],
         "fit": fit}
@@ -173,9 +177,11 @@ def memory_table(report: dict) -> str:
             rows.append([*what, f"error: {r['error']}"])
             continue
         rows.append([*what, r["batches"], r["batch_texts"], r["load_s"], r["idle_mb"], r["warm_mb"], r["peak_mb"],
-                     f"{r['peak_mb'] - r['warm_mb']:.1f}", r["after_mb"], r["seconds"]])
-    lines = [markdown(["budget tokens", "infer requests", "scenario", "texts x tokens", "batches", "texts/batch",
-                       "load s", "idle MB", "warm MB", "peak MB", "peak - warm MB", "after MB", "seconds"], rows)]
+                     f"{r['peak_mb'] - r['warm_mb']:.1f}", r["after_mb"], r.get("released_mb", "–"), r["seconds"]])
+    lines = [f"lanes (runtimes per model): {report.get('lanes', 1)}; idle again: after the lane gave back its buffers", "",
+             markdown(["budget tokens", "infer requests", "scenario", "texts x tokens", "batches", "texts/batch",
+                       "load s", "idle MB", "warm MB", "peak MB", "peak - warm MB", "after MB", "idle again MB",
+                       "seconds"], rows)]
     fit = report.get("fit")
     if fit:
         lines += ["", f"fit: peak MB ~ {fit['warm_mb']:.0f} (warm) + {fit['mb_per_token'] * 1024:.4g} MB per 1k tokens x P "

@@ -1,4 +1,4 @@
-"""`ovembed bench …`: the measuring tools (engine, http, soak, memory, store). Each command checks its options,
+"""`ovembed bench …`: the measuring tools (engine, http, mixed, soak, memory, store). Each command checks its options,
 calls a `run_…` of `ovembed.bench`, prints the report for people and writes it as JSON for machines."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from ovembed.bench.common import progress, write_json
 from ovembed.bench.engine import DEFAULT_BACKENDS, EngineOptions, engine_text, run_engine
 from ovembed.bench.http import HttpOptions, http_text, run_http
 from ovembed.bench.memory import memory_table, run_memory
+from ovembed.bench.mixed import MixedOptions, mixed_text, run_mixed
 from ovembed.bench.peers import LABELS
 from ovembed.bench.soak import LOOPBACK, ROUTES, SoakOptions, run_soak, soak_table
 from ovembed.bench.store import SearchOptions, run_search, search_text
@@ -143,6 +144,70 @@ def http(json_path, plots, **options) -> None:
     _show(report, http_text(report), json_path, plots, http_plots)
 
 
+# --- mixed traffic ----------------------------------------------------------------------------------
+
+
+def _mixed_options(url, model, server_env, **settings) -> MixedOptions:
+    """Numbers an option type cannot bound by itself, and the options that go together: a usage message each."""
+    url = service_url(url, model)
+    if not url and not model:
+        raise usage("give --url (a running service) or --model (a folder to serve)")
+    if url and model:
+        raise usage("--url and --model exclude each other")
+    if url and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname):
+        raise usage(f"--url must be an http:// or https:// address, not {url!r}")
+    for flag in ("seconds", "timeout", "max_query_p99_ms", "max_query_p99_ratio", "min_doc_share"):
+        positive(settings[flag], f"--{flag.replace('_', '-')}")
+    for flag in ("warmup", "query_interval_ms"):
+        if settings[flag] < 0:
+            raise usage(f"--{flag.replace('_', '-')} must be 0 or more")
+    if min(settings["query_tokens"], *settings["doc_tokens"]) < 8:
+        raise usage("--query-tokens and --doc-tokens must be at least 8 (a text's number, a word, [CLS] and [SEP])")
+    if (server_env or settings["log"]) and not model:
+        raise usage("--server-env and --log go with --model")
+    bad = [item for item in server_env if "=" not in item or not item.split("=", 1)[0]]
+    if bad:
+        raise usage(f"--server-env takes NAME=VALUE, not {bad[0]!r}")
+    return MixedOptions(url=url, model=model, server_env=dict(item.split("=", 1) for item in server_env), **settings)
+
+
+@bench.command(short_help="queries under document load: latency and throughput, each alone and together, as ratios")
+@url_option(help="a running service, e.g. http://127.0.0.1:8019")
+@model_folder_option(required=False, help="a model folder: start `ovembed serve` for it and sample its RSS")
+@click.option("--served-model", help="the `model` field to send (default: the service's default model)")
+@click.option("--seconds", type=float, default=20.0, show_default=True, help="length of each of the three phases")
+@click.option("--warmup", type=float, default=3.0, show_default=True,
+              help="seconds of both loads together before the phases, not timed")
+@click.option("--query-clients", type=POSITIVE_INT, default=1, show_default=True)
+@click.option("--query-tokens", type=POSITIVE_INT, default=16, show_default=True, help="tokens per query")
+@click.option("--query-interval-ms", type=float, default=50.0, show_default=True,
+              help="one query every this many ms per client, by the clock (0: back to back)")
+@click.option("--doc-clients", type=POSITIVE_INT, default=3, show_default=True)
+@click.option("--doc-batch", type=POSITIVE_INT, default=32, show_default=True, help="texts per document request")
+@click.option("--doc-tokens", type=INT_LIST, default="250", show_default=True,
+              help="tokens per document; a list (512,8192): each request's texts cycle through them")
+@click.option("--max-query-p99-ms", type=float, help="target: query p99 under load, in ms")
+@click.option("--max-query-p99-ratio", type=float, help="target: query p99 under load / query p50 alone")
+@click.option("--min-doc-share", type=float, default=0.75, show_default=True,
+              help="target: document tokens/s under queries / alone")
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="seconds per request")
+@click.option("--server-env", multiple=True, metavar="NAME=VALUE",
+              help="--model: one more environment variable for the server (repeatable)")
+@click.option("--log", type=click.Path(path_type=Path), help="--model: the server's log file (default: a temporary file)")
+@json_file_option("write the whole report to this file")
+def mixed(json_path, **options) -> int:
+    """How much a short query suffers while bulk documents saturate the service, and how much the documents
+    suffer from the queries. After a warm-up, three phases of --seconds each: queries alone (open loop, one
+    text per request every --query-interval-ms per client), documents alone (closed loop, --doc-batch texts per
+    request, back to back), both at once. Prints each phase's query latency and document tokens/s, then the
+    ratios: query p50/p95/p99 under load over query p50 alone, document tokens/s under queries over alone.
+    Exit 0 if there were no errors and every given target holds; 1 otherwise."""
+    report = run_mixed(_mixed_options(**options), progress=progress("mixed"))
+    report["command"] = command_line()
+    _show(report, mixed_text(report), json_path)
+    return EXIT_OK if report["passed"] else EXIT_CHECK_FAILED
+
+
 # --- soak and memory --------------------------------------------------------------------------------
 
 
@@ -216,15 +281,17 @@ def soak(json_path, **options) -> int:
 @click.option("--scenarios", default="batch,long", show_default=True,
               help="batch: full 512-token batches; long: max-length texts")
 @click.option("--max-length", type=int, help="longest text (default: the model's max length)")
+@click.option("--lanes", type=click.IntRange(1, 2), default=1, show_default=True,
+              help="runtimes per model, as OVEMBED_LANES (2: the model compiled twice)")
 @json_file_option()
-def memory(model, batch_tokens, infer_requests, scenarios, max_length, json_path) -> int:
+def memory(model, batch_tokens, infer_requests, scenarios, max_length, lanes, json_path) -> int:
     """Idle, warm and peak RSS of the worst merged call per setting (token budget x infer requests), one child
     process each; prints the table and the fitted sizing formula. Exit 1 if a setting failed."""
     names = [s for s in scenarios.split(",") if s]
     if not names or set(names) - {"batch", "long"}:
         raise usage(f"--scenarios takes batch and/or long, not {scenarios!r}")
     positive(max_length, "--max-length")
-    report = run_memory(model, batch_tokens, infer_requests, names, max_length, progress=progress("soak"))
+    report = run_memory(model, batch_tokens, infer_requests, names, max_length, progress=progress("soak"), lanes=lanes)
     report["command"] = command_line()
     _show(report, memory_table(report), json_path)
     return EXIT_CHECK_FAILED if any("error" in r for r in report["rows"]) else EXIT_OK

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,10 +11,18 @@ import numpy as np
 
 from ovembed.engine.batcher import TokenBudget, plan_batches
 from ovembed.engine.outputs import SparseVector, colbert_vectors, l2_normalize, lexical_weights
-from ovembed.engine.runtime import KERNEL_CACHE, SHAPE_CACHE, Runtime, TokenTable, openvino_reason
+from ovembed.engine.runtime import (
+    KERNEL_CACHE,
+    SHAPE_CACHE,
+    Runtime,
+    TokenTable,
+    drop_mapped_weights,
+    openvino_reason,
+    read_model,
+)
 from ovembed.engine.tokenize import TextTokenizer
 from ovembed.errors import ErrorKind, OvembedError, validation
-from ovembed.manifest import MODEL_XML, Manifest
+from ovembed.manifest import MODEL_BIN, MODEL_XML, Manifest
 
 
 @dataclass
@@ -44,6 +53,8 @@ class Embeddings:
         )
 
 
+log = logging.getLogger("ovembed.engine")
+
 PAD_MULTIPLE = 8
 
 
@@ -59,8 +70,11 @@ class EmbeddingModel:
         verify_checksums: bool = True,
         shape_cache: int = SHAPE_CACHE,
         kernel_cache: int = KERNEL_CACHE,
+        lanes: int = 1,
     ):
-        """check_files: refuse missing files or sizes that differ from the manifest; verify_checksums: also
+        """lanes: 2 compiles the model twice, so short work runs beside a long batch instead of after it (the
+        batcher's short lane; its memory: docs/reliability.md#5-memory-and-how-to-size-a-machine).
+        check_files: refuse missing files or sizes that differ from the manifest; verify_checksums: also
         hash each file against the manifest (its cost at load: docs/reliability.md#3-faults)."""
         self.folder = Path(folder)
         self.manifest = Manifest.read(self.folder)
@@ -76,15 +90,50 @@ class EmbeddingModel:
             # docs/benchmarks.md#what-the-figures-say). int8-weights and fp16 keep bf16: there it is
             # where their speed comes from.
             inference_precision = "f32"
-        self.runtime = Runtime(
-            self.folder / MODEL_XML,
-            performance_hint=performance_hint,
-            infer_requests=infer_requests,
-            inference_precision=inference_precision,
-            shape_cache=shape_cache,
-            kernel_cache=kernel_cache,
-        )
+        if lanes not in (1, 2):
+            raise validation(f"lanes must be 1 or 2, not {lanes}")
+        graph = read_model(self.folder / MODEL_XML) if lanes > 1 else self.folder / MODEL_XML
+        self.runtimes = [
+            Runtime(
+                graph,
+                performance_hint=performance_hint,
+                infer_requests=infer_requests,
+                inference_precision=inference_precision,
+                shape_cache=shape_cache,
+                kernel_cache=kernel_cache,
+            )
+            for _ in range(lanes)
+        ]
+        del graph  # the compiled models keep what they need
+        self.runtime = self.runtimes[0]
         self._special_ids = np.asarray(self.manifest.special_token_ids, dtype=np.int64)
+        # One small call per lane prepares the kernels and copies the weights into their layout; the mapped
+        # original is then dropped from RSS (drop_mapped_weights).
+        try:
+            for lane in range(lanes):
+                self.embed_tokens([[0, 0]], ["dense"], lane=lane)
+        except OvembedError as exc:  # a model that cannot run even this fails on its requests, with their ids
+            log.warning("%s: the warm-up call failed: %s", self.folder, exc)
+        else:
+            self.drop_mapped_weights()
+
+    def drop_mapped_weights(self) -> int:
+        """Forget the resident pages of the memory-mapped IR weights (runtime.drop_mapped_weights); bytes mapped."""
+        return drop_mapped_weights(self.folder / MODEL_BIN)
+
+    @property
+    def lanes(self) -> int:
+        """Runtimes that can run at once (1: every call shares one)."""
+        return len(self.runtimes)
+
+    def release_buffers(self, lane: int = 0, above_tokens: int = 0) -> bool:
+        """Give back a lane's intermediate buffers if its largest batch since the last release had more than
+        `above_tokens` padded tokens (Runtime.release); True if they were released."""
+        runtime = self.runtimes[min(lane, len(self.runtimes) - 1)]
+        if runtime.held_tokens <= above_tokens:
+            return False
+        runtime.release()
+        return True
 
     @property
     def dimension(self) -> int:
@@ -121,13 +170,14 @@ class EmbeddingModel:
         ids = self.tokenize(texts, truncate=truncate)
         return self.embed_tokens(ids, wanted, normalize=normalize)
 
-    def embed_tokens(self, ids: list[list[int]], wanted: list[str], normalize: bool = True) -> Embeddings:
-        """Embed already tokenized texts (what the service's batcher calls)."""
+    def embed_tokens(self, ids: list[list[int]], wanted: list[str], normalize: bool = True, lane: int = 0) -> Embeddings:
+        """Embed already tokenized texts (what the service's batcher calls); `lane` picks the runtime when the
+        model has two (0: bulk, 1: short work), and the same runtime otherwise."""
         n = len(ids)
         lengths = [len(x) for x in ids]
         batches = plan_batches(lengths, self.budget)
         try:
-            raw = self.runtime.run(self._feeds(ids, batches), wanted)
+            raw = self.runtimes[min(lane, len(self.runtimes) - 1)].run(self._feeds(ids, batches), wanted)
         except RuntimeError as exc:
             raise OvembedError(ErrorKind.BACKEND, f"inference failed: {openvino_reason(exc)}") from None
 

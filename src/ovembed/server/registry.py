@@ -113,12 +113,16 @@ class ModelRegistry:
                     verify_checksums=self.settings.verify_checksums,
                     shape_cache=self.settings.shape_cache,
                     kernel_cache=self.settings.kernel_cache,
+                    lanes=self.settings.lanes if self.settings.short_request_tokens else 1,
                 )
                 batcher = TokenBudgetBatcher(
                     model,
                     max_wait_ms=self.settings.batch_wait_ms,
                     max_queue_texts=self.settings.max_queue_texts,
                     on_dispatch=self.metrics.dispatch_recorder(entry.name),
+                    short_tokens=self.settings.short_request_tokens,
+                    bulk_yield_ms=self.settings.bulk_yield_ms,
+                    release_tokens=self.settings.release_tokens,
                 )
             except Exception as exc:  # noqa: BLE001 - any failure marks this model failed; the others keep loading
                 reason = str(exc) if isinstance(exc, OvembedError) else f"unexpected {type(exc).__name__}: {exc}"
