@@ -38,10 +38,10 @@ class Settings(BaseSettings):
     # queued while the engine was busy, so a lone query pays no wait and load still gets large batches.
     batch_wait_ms: float = Field(0.0, ge=0)
     batch_tokens: int = Field(16384, ge=64)  # token budget per inference batch
-    # Scheduling (docs/reliability.md#mixed-traffic): a request of at most short_request_tokens tokens takes the
-    # short lane, so it never waits behind documents (0: one first-come-first-served lane). lanes=2 compiles the
-    # model twice so short work runs beside a long batch (more memory); lanes=1 shares one engine and the bulk
-    # lane steps aside between its batches, for at most bulk_yield_ms each time.
+    # Scheduling (docs/reliability.md §6): a request of at most short_request_tokens tokens takes the short lane,
+    # so it never waits behind documents (0: one first-come-first-served lane). lanes=2 compiles the model twice
+    # so short work runs beside a long batch (more memory); lanes=1 shares one engine and the bulk lane steps
+    # aside between its batches, for at most bulk_yield_ms each time.
     short_request_tokens: int = Field(512, ge=0)
     lanes: int = Field(2, ge=1, le=2)
     bulk_yield_ms: float = Field(250.0, ge=0)

@@ -154,6 +154,7 @@ def _describe(source: export.SourceModel, encoder: export.EncoderGraph, tables: 
         max_length=source.max_length,
         outputs=names,
         precision=precision,
+        recipe=recipes.RECIPES.get(precision),
         hidden_size=int(source.config["hidden_size"]),
         vocab_size=int(tables[TOKEN_TABLE].shape[0]),
         token_table_dtype=str(tables[TOKEN_TABLE].dtype),

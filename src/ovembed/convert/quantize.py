@@ -29,6 +29,10 @@ def lookup(tables: dict[str, np.ndarray], ids: np.ndarray) -> np.ndarray:
 
 
 FLOAT_OPS = "ScaledDotProductAttention"  # ops whose inputs the int8 recipe leaves float
+# What each precision's recipe is, recorded in the manifest: `quantize --if-changed` makes a folder again when its
+# recipe is not the current one.
+RECIPES = {"int8": "nncf static int8, mixed preset, attention float", "int8-weights": "nncf int8_asym weights",
+           "fp16": "fp16 weights", "fp32": "fp32"}
 
 
 def compress(ov_model, precision: str, tables: dict[str, np.ndarray], calibration_ids: list[list[int]]):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from ovembed.engine.model import Embeddings, EmbeddingModel
+    from ovembed.engine.model import EmbeddingModel, Embeddings
 
 
 @dataclass(frozen=True)

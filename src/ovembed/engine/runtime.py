@@ -152,13 +152,6 @@ class Runtime:
         _malloc_trim()
 
 
-def _malloc_trim() -> None:
-    """Hand freed heap pages back to the system (glibc keeps them for reuse otherwise); elsewhere a no-op."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
     def _reset(self) -> None:
         """Replace the infer requests after a failure. A request whose inference failed keeps its exception
         (every later wait rethrows it) and AsyncInferQueue never hands it out again: left in place, one bad
@@ -169,6 +162,14 @@ def _malloc_trim() -> None:
             except RuntimeError:
                 pass
         self._queue = ov.AsyncInferQueue(self.compiled, len(self._queue))
+
+
+def _malloc_trim() -> None:
+    """Hand freed heap pages back to the system (glibc keeps them for reuse otherwise); elsewhere a no-op."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def read_model(xml_path: Path) -> ov.Model:

@@ -133,3 +133,13 @@ def test_if_changed_makes_the_model_again_from_another_copy_and_after_the_source
     (second / "config.json").touch()  # a new download over the old one
     _, why = _dry_run(second, *args[:-1])
     assert why.strip() == f"would quantize: {second.resolve()} changed after models/bge-m3-fp32 was made"
+
+
+def test_dry_run_makes_again_a_folder_made_with_an_older_recipe(made, tiny_m3_source):
+    import json
+
+    data = json.loads((made / MANIFEST_NAME).read_text())
+    data.pop("recipe", None)  # as every folder made before the recipe was recorded
+    (made / MANIFEST_NAME).write_text(json.dumps(data))
+    _, why = _dry_run(tiny_m3_source, "--precision", "fp32")
+    assert why.strip() == "would quantize: models/tiny-bge-m3-fp32 was made with an older fp32 recipe (before 0.4)"
