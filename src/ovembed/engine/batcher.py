@@ -222,6 +222,8 @@ class TokenBudgetBatcher:
             try:
                 if jobs:
                     self._run_merged(jobs)
+            except Exception as exc:  # noqa: BLE001 - a fault here must not leave a caller waiting forever
+                _fail_unfinished(jobs, exc)
             finally:
                 with self._cond:
                     self._short_running = 0
@@ -259,6 +261,8 @@ class TokenBudgetBatcher:
             try:
                 if jobs:
                     self._run_bulk(jobs)
+            except Exception as exc:  # noqa: BLE001 - a fault here must not leave a caller waiting forever
+                _fail_unfinished(jobs, exc)
             finally:
                 with self._cond:
                     self._bulk_running = False
@@ -276,6 +280,10 @@ class TokenBudgetBatcher:
         rows = [(j, r) for j, job in enumerate(jobs) for r in range(len(job.ids))]
         lengths = [len(jobs[j].ids[r]) for j, r in rows]
         parts: list[_Parts | None] = [_Parts(job, self.model.dimension) for job in jobs]
+        for j, part in enumerate(parts):
+            if part.left == 0:  # no texts: nothing to wait for
+                part.job.future.set_result(part.result())
+                parts[j] = None
         for batch in plan_batches(lengths, self.model.budget):
             batch = [k for k in batch if parts[rows[k][0]] is not None]  # skip the rows of jobs that failed
             if not batch:
@@ -312,3 +320,9 @@ class TokenBudgetBatcher:
     def _dispatched(self, sequences: int, tokens: int) -> None:
         if self._on_dispatch is not None:
             self._on_dispatch(sequences, tokens)
+
+
+def _fail_unfinished(jobs: list[_Job], exc: Exception) -> None:
+    for job in jobs:
+        if not job.future.done():
+            job.future.set_exception(exc)

@@ -182,3 +182,13 @@ def test_the_mapped_weights_leave_rss_after_loading(minilm_int8):
     assert _mapped_rss_kb(weights) < 2048  # dropped after the warm-up call (it was the whole file before)
     vectors = model.embed(DOCS[:3]).dense  # still right: nothing read later is lost
     np.testing.assert_allclose(vectors, load_model(minilm_int8).embed(DOCS[:3]).dense, atol=1e-6)
+
+
+def test_a_request_with_no_texts_is_answered_at_once(minilm_int8):
+    model = load_model(minilm_int8)
+    batcher = TokenBudgetBatcher(model)
+    try:
+        result = batcher.submit([], ["dense"]).result(10)
+    finally:
+        batcher.close()
+    assert result.dense.shape == (0, model.dimension) and result.token_counts == []
