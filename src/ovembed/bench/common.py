@@ -242,3 +242,24 @@ class LocalServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def start_model_server(model: Path, env: dict, log: Path | None, who: str, timeout: float, say) -> LocalServer:
+    """`ovembed serve` for a model folder on a free loopback port, ready (what soak and mixed start with --model);
+    a folder that is not a model, or a server that never gets ready, is a clear error."""
+    from ovembed.errors import validation
+
+    if not (Path(model) / "ovembed.json").is_file():
+        raise validation(f"{model} is not a model folder (no ovembed.json); make one with `ovembed quantize`")
+    if log is None:
+        fd, name = tempfile.mkstemp(prefix=f"ovembed-{who}-", suffix=".log")
+        os.close(fd)
+        log = Path(name)
+    say(f"starting ovembed serve for {model} (log: {log})")
+    server = LocalServer([Path(model)], {k: str(v) for k, v in env.items() if v is not None}, wait_ready=False, log=log)
+    try:
+        server.wait(timeout=timeout)
+    except (RuntimeError, TimeoutError) as exc:
+        server.stop(60)
+        raise validation(str(exc)) from None
+    return server

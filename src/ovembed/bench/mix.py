@@ -56,3 +56,20 @@ class Sizer:
             used += self.word_tokens[w]
             j += 1
         return f"{request_id} " + " ".join(words)
+
+
+def measure_sizer(ask, url: str, served_model: str | None, who: str) -> tuple[Sizer, dict]:
+    """The filler words' and leading numbers' token costs from the service's /tokenize (with `ask`, a Client), and
+    the /tokenize answer (its `model` and `max_length`)."""
+    from ovembed.errors import OvembedError, validation
+
+    numbers = [str(10**9 + 12345), str(987654321), "0"]
+    try:
+        data = ask.tokenize([*WORDS, *numbers], model=served_model)
+    except OvembedError as exc:
+        raise validation(f"{exc}: the {who} needs {url}/tokenize to size its texts") from None
+    counts = data.get("counts")
+    if not counts or len(counts) != len(WORDS) + len(numbers):
+        raise validation(f"{url}/tokenize gave no counts: the {who} needs them to size its texts")
+    costs = [max(1, c - 2) for c in counts]  # each alone is [CLS] word [SEP]
+    return Sizer(tuple(costs[:len(WORDS)]), max(costs[len(WORDS):])), data

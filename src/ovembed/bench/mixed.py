@@ -14,21 +14,26 @@ from __future__ import annotations
 import http.client
 import itertools
 import json
-import os
 import random
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ovembed.bench.common import LocalServer, machine, markdown, percentiles_ms, proc_status, run_child
-from ovembed.bench.mix import Sizer
+from ovembed.bench.common import (
+    LocalServer,
+    machine,
+    markdown,
+    percentiles_ms,
+    proc_status,
+    run_child,
+    start_model_server,
+)
+from ovembed.bench.mix import Sizer, measure_sizer
 from ovembed.bench.watch import health_state, sample_server
 from ovembed.client import Client
 from ovembed.errors import ErrorKind, OvembedError, validation
-from ovembed.workload import WORDS
 
 ROUTE = "/v1/embeddings"
 HEADERS = {"Content-Type": "application/json"}
@@ -208,37 +213,17 @@ def document_worker(plan: dict) -> dict:
 
 
 def _start_server(opts: MixedOptions, say) -> LocalServer:
-    if not (Path(opts.model) / "ovembed.json").is_file():
-        raise validation(f"{opts.model} is not a model folder (no ovembed.json); make one with `ovembed quantize`")
-    log = opts.log
-    if log is None:
-        fd, name = tempfile.mkstemp(prefix="ovembed-mixed-", suffix=".log")
-        os.close(fd)
-        log = Path(name)
-    say(f"starting ovembed serve for {opts.model} (log: {log})")
-    server = LocalServer([Path(opts.model)], {"OVEMBED_LOG_LEVEL": "warning", **opts.server_env}, wait_ready=False,
-                         log=log)
-    try:
-        server.wait(timeout=LOAD_TIMEOUT_S)
-    except (RuntimeError, TimeoutError) as exc:
-        server.stop(60)
-        raise validation(str(exc)) from None
-    return server
+    return start_model_server(opts.model, {"OVEMBED_LOG_LEVEL": "warning", **opts.server_env}, opts.log, "mixed",
+                              LOAD_TIMEOUT_S, say)
 
 
 def _calibrate(url: str, opts: MixedOptions) -> tuple[Sizer, str, int]:
     """The filler words' token costs from the service's /tokenize, the served model's id and its max length."""
-    numbers = [str(10**9 + 12345), str(987654321), "0"]
     with Client(url, timeout=opts.timeout, retries=0) as ask:
-        try:
-            data = ask.tokenize([*WORDS, *numbers], model=opts.served_model)
-        except OvembedError as exc:
-            raise validation(f"{exc}: the benchmark needs {url}/tokenize to size its texts") from None
-    counts = data.get("counts")
-    if not counts or len(counts) != len(WORDS) + len(numbers) or not data.get("max_length"):
-        raise validation(f"{url}/tokenize gave no counts: the benchmark needs them to size its texts")
-    costs = [max(1, c - 2) for c in counts]  # each alone is [CLS] word [SEP]
-    return Sizer(tuple(costs[:len(WORDS)]), max(costs[len(WORDS):])), data["model"], int(data["max_length"])
+        sizer, data = measure_sizer(ask, url, opts.served_model, "benchmark")
+    if not data.get("max_length"):
+        raise validation(f"{url}/tokenize gave no max length: the benchmark needs it to size its texts")
+    return sizer, data["model"], int(data["max_length"])
 
 
 def _fit_lengths(opts: MixedOptions, max_length: int, say) -> tuple[int, list[int]]:

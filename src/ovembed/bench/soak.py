@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,12 +21,11 @@ from urllib.parse import urlsplit
 import numpy as np
 import psutil
 
-from ovembed.bench.common import LocalServer, machine, markdown, percentiles_ms, proc_status
-from ovembed.bench.mix import LengthClass, Sizer, draw, length_classes
+from ovembed.bench.common import LocalServer, machine, markdown, percentiles_ms, proc_status, start_model_server
+from ovembed.bench.mix import LengthClass, Sizer, draw, length_classes, measure_sizer
 from ovembed.bench.watch import health_state, leak_check, sample_server, scrape
 from ovembed.client import Client
 from ovembed.errors import OvembedError, validation
-from ovembed.workload import WORDS
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 ROUTES = ("/v1/embeddings", "/embeddings")
@@ -139,24 +136,9 @@ def _check_body(route: str, payload: bytes) -> tuple[str | None, int]:
 
 
 def _start_server(opts: SoakOptions, say) -> LocalServer:
-    if not (Path(opts.model) / "ovembed.json").is_file():
-        raise validation(f"{opts.model} is not a model folder (no ovembed.json); make one with `ovembed quantize`")
     env = {"OVEMBED_MAX_QUEUE_TEXTS": opts.queue_texts, "OVEMBED_BATCH_TOKENS": opts.batch_tokens,
            "OVEMBED_WORKERS_INFER": opts.infer_requests, "OVEMBED_LOG_LEVEL": "warning", **opts.server_env}
-    log = opts.log
-    if log is None:
-        fd, name = tempfile.mkstemp(prefix="ovembed-soak-", suffix=".log")
-        os.close(fd)
-        log = Path(name)
-    say(f"starting ovembed serve for {opts.model} (log: {log})")
-    server = LocalServer([Path(opts.model)], {k: str(v) for k, v in env.items() if v is not None}, wait_ready=False,
-                         log=log)
-    try:
-        server.wait(timeout=opts.load_timeout)
-    except (RuntimeError, TimeoutError) as exc:
-        server.stop(60)
-        raise validation(str(exc)) from None
-    return server
+    return start_model_server(opts.model, env, opts.log, "soak", opts.load_timeout, say)
 
 
 def run_soak(opts: SoakOptions, progress=None) -> dict:
@@ -177,20 +159,12 @@ def run_soak(opts: SoakOptions, progress=None) -> dict:
 
 def _calibrate(ask: Client, url: str, opts: SoakOptions, say) -> tuple[Sizer, int]:
     """The filler words' token costs from the service's /tokenize, and the longest text to send."""
-    numbers = [str(10**9 + 12345), str(987654321), "0"]
-    try:
-        data = ask.tokenize([*WORDS, *numbers], model=opts.served_model)
-    except OvembedError as exc:
-        raise validation(f"{exc}: the soak needs {url}/tokenize to size its texts") from None
-    counts = data.get("counts")
-    if not counts or len(counts) != len(WORDS) + len(numbers):
-        raise validation(f"{url}/tokenize gave no counts: the soak needs it to size its texts")
-    costs = [max(1, c - 2) for c in counts]  # each alone is [CLS] word [SEP]
+    sizer, data = measure_sizer(ask, url, opts.served_model, "soak")
     max_tokens, model_max = opts.max_tokens, data.get("max_length")
     if model_max and max_tokens > model_max:
         say(f"--max-tokens {max_tokens} is above the model's max length {model_max}: using {model_max}")
         max_tokens = model_max
-    return Sizer(tuple(costs[:len(WORDS)]), max(costs[len(WORDS):])), max_tokens
+    return sizer, max_tokens
 
 
 def _warm_up(ask: Client, sizer: Sizer, classes: list[LengthClass], opts: SoakOptions, say) -> None:
