@@ -69,6 +69,7 @@ def test_a_query_sent_while_documents_run_finishes_before_them(minilm_int8, lane
     np.testing.assert_allclose(doc_vectors.normalized().dense, reference, atol=1e-4)
 
 
+@pytest.mark.slow  # ~20 s on 2 cores
 def test_documents_are_not_starved_by_a_stream_of_queries(minilm_int8):
     model = load_model(minilm_int8, budget=SMALL_BATCHES, lanes=1)  # one engine: the lanes must take turns
     batcher = TokenBudgetBatcher(model, bulk_yield_ms=20)
@@ -152,6 +153,7 @@ def _mapped_rss_kb(path) -> int:
     return total
 
 
+@pytest.mark.slow  # ~10 s: one 32 x 512 batch, then the idle wait
 def test_an_idle_lane_gives_back_the_buffers_of_a_large_batch(minilm_int8):
     model = load_model(minilm_int8, lanes=1)
     batcher = TokenBudgetBatcher(model, short_tokens=0, release_tokens=2048)
