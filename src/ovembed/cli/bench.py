@@ -14,7 +14,8 @@ from ovembed.bench.common import progress, write_json
 from ovembed.bench.engine import DEFAULT_BACKENDS, EngineOptions, engine_text, run_engine
 from ovembed.bench.http import HttpOptions, http_text, run_http
 from ovembed.bench.memory import memory_table, run_memory
-from ovembed.bench.mixed import MixedOptions, mixed_text, run_mixed
+from ovembed.bench.mixed import MixedOptions, run_mixed
+from ovembed.bench.mixed_report import mixed_text
 from ovembed.bench.peers import LABELS
 from ovembed.bench.soak import LOOPBACK, ROUTES, SoakOptions, run_soak, soak_table
 from ovembed.bench.store import SearchOptions, run_search, search_text

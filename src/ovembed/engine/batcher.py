@@ -8,12 +8,10 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from ovembed.engine.model import EmbeddingModel, Embeddings
+from ovembed.engine.outputs import Embeddings
 
 
 @dataclass(frozen=True)
@@ -91,8 +89,6 @@ class _Parts:
         self.left -= 1
 
     def result(self) -> Embeddings:
-        from ovembed.engine.model import Embeddings  # model.py imports this module
-
         return Embeddings(self.dense, self.sparse, self.colbert, [len(x) for x in self.job.ids])
 
 
@@ -116,7 +112,7 @@ class TokenBudgetBatcher:
     instead of growing memory (a single request larger than the bound is still admitted when the queue is
     empty, so the queue never holds more than max(max_queue_texts, texts per request))."""
 
-    def __init__(self, model: EmbeddingModel, max_wait_ms: float = 0.0, max_queue_texts: int = 4096, on_dispatch=None,
+    def __init__(self, model, max_wait_ms: float = 0.0, max_queue_texts: int = 4096, on_dispatch=None,
                  short_tokens: int = SHORT_REQUEST_TOKENS, bulk_yield_ms: float = BULK_YIELD_MS,
                  release_tokens: int | None = RELEASE_TOKENS):
         self.model = model

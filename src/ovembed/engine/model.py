@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ovembed.engine.batcher import TokenBudget, plan_batches
-from ovembed.engine.outputs import SparseVector, colbert_vectors, l2_normalize, lexical_weights
+from ovembed.engine.outputs import Embeddings, colbert_vectors, l2_normalize, lexical_weights
 from ovembed.engine.runtime import (
     KERNEL_CACHE,
     SHAPE_CACHE,
@@ -23,35 +22,6 @@ from ovembed.engine.runtime import (
 from ovembed.engine.tokenize import TextTokenizer
 from ovembed.errors import ErrorKind, OvembedError, validation
 from ovembed.manifest import MODEL_BIN, MODEL_XML, Manifest
-
-
-@dataclass
-class Embeddings:
-    """What one `embed` call returns, in input order; absent outputs are None."""
-
-    dense: np.ndarray | None  # float32[n, dim]
-    sparse: list[SparseVector] | None
-    colbert: list[np.ndarray] | None  # float32[tokens - 1, colbert_dim] per text
-    token_counts: list[int]
-
-    def slice(self, start: int, end: int, outputs: frozenset[str] | set[str]) -> Embeddings:
-        """Rows start:end, keeping only the named outputs."""
-        return Embeddings(
-            dense=self.dense[start:end] if self.dense is not None and "dense" in outputs else None,
-            sparse=self.sparse[start:end] if self.sparse is not None and "sparse" in outputs else None,
-            colbert=self.colbert[start:end] if self.colbert is not None and "colbert" in outputs else None,
-            token_counts=self.token_counts[start:end],
-        )
-
-    def normalized(self) -> Embeddings:
-        """L2-normalised dense and colbert vectors (sparse weights are left as they are)."""
-        return Embeddings(
-            dense=l2_normalize(self.dense) if self.dense is not None else None,
-            sparse=self.sparse,
-            colbert=[l2_normalize(v) for v in self.colbert] if self.colbert is not None else None,
-            token_counts=self.token_counts,
-        )
-
 
 log = logging.getLogger("ovembed.engine")
 

@@ -4,6 +4,7 @@ weights and ColBERT vectors, as FlagEmbedding's BGEM3FlagModel.encode makes them
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TypedDict
 
 import numpy as np
@@ -40,3 +41,31 @@ def colbert_vectors(vectors: np.ndarray, n_tokens: int, normalize: bool = True) 
     """One vector per token after the first ([CLS] is not used), padding dropped."""
     out = np.ascontiguousarray(vectors[: max(n_tokens - 1, 0)], dtype=np.float32)
     return l2_normalize(out) if normalize else out
+
+
+@dataclass
+class Embeddings:
+    """What one `embed` call returns, in input order; absent outputs are None."""
+
+    dense: np.ndarray | None  # float32[n, dim]
+    sparse: list[SparseVector] | None
+    colbert: list[np.ndarray] | None  # float32[tokens - 1, colbert_dim] per text
+    token_counts: list[int]
+
+    def slice(self, start: int, end: int, outputs: frozenset[str] | set[str]) -> Embeddings:
+        """Rows start:end, keeping only the named outputs."""
+        return Embeddings(
+            dense=self.dense[start:end] if self.dense is not None and "dense" in outputs else None,
+            sparse=self.sparse[start:end] if self.sparse is not None and "sparse" in outputs else None,
+            colbert=self.colbert[start:end] if self.colbert is not None and "colbert" in outputs else None,
+            token_counts=self.token_counts[start:end],
+        )
+
+    def normalized(self) -> Embeddings:
+        """L2-normalised dense and colbert vectors (sparse weights are left as they are)."""
+        return Embeddings(
+            dense=l2_normalize(self.dense) if self.dense is not None else None,
+            sparse=self.sparse,
+            colbert=[l2_normalize(v) for v in self.colbert] if self.colbert is not None else None,
+            token_counts=self.token_counts,
+        )
