@@ -87,7 +87,7 @@ class Manifest:
     verification: dict = field(default_factory=dict)
     tool_versions: dict[str, str] = field(default_factory=dict)
     source_folder: str | None = None  # the local folder it was converted from (None: the hub); `source` may be its id
-    recipe: str | None = None  # how the precision was applied (convert.quantize.RECIPES); None: before 0.4
+    recipe: str | None = None  # how the precision was applied (convert.quantize.RECIPES); None: not recorded
     format_version: int = FORMAT_VERSION
 
     @property

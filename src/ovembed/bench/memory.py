@@ -59,8 +59,7 @@ def worker(plan: dict) -> dict:
                    after_mb=round(_vm("VmRSS"), 1), batches=len(batches), infer_requests=model.runtime.infer_requests,
                    batch_texts=max(len(b) for b in batches), hidden=m.hidden_size, colbert_dim=m.colbert_dimension,
                    max_length=m.max_length)
-    model.release_buffers(0)  # what an idle lane of the service does (TokenBudgetBatcher: IDLE_RELEASE_S)
-    model.drop_mapped_weights()
+    model.release_buffers()  # what an idle lane of the service does (TokenBudgetBatcher: IDLE_RELEASE_S)
     figures["released_mb"] = round(_vm("VmRSS"), 1)
     return figures
 

@@ -148,13 +148,27 @@ def http(json_path, plots, **options) -> None:
 # --- mixed traffic ----------------------------------------------------------------------------------
 
 
-def _mixed_options(url, model, server_env, **settings) -> MixedOptions:
-    """Numbers an option type cannot bound by itself, and the options that go together: a usage message each."""
+def _url_or_model(url: str | None, model) -> str | None:
+    """The service to drive (soak and mixed): --url (or OVEMBED_URL) or --model, exactly one."""
     url = service_url(url, model)
     if not url and not model:
         raise usage("give --url (a running service) or --model (a folder to serve)")
     if url and model:
         raise usage("--url and --model exclude each other")
+    return url
+
+
+def _server_env(items: tuple[str, ...]) -> dict[str, str]:
+    """--server-env NAME=VALUE items (soak and mixed) as the server's extra environment."""
+    bad = [item for item in items if "=" not in item or not item.split("=", 1)[0]]
+    if bad:
+        raise usage(f"--server-env takes NAME=VALUE, not {bad[0]!r}")
+    return dict(item.split("=", 1) for item in items)
+
+
+def _mixed_options(url, model, server_env, **settings) -> MixedOptions:
+    """Numbers an option type cannot bound by itself, and the options that go together: a usage message each."""
+    url = _url_or_model(url, model)
     if url and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname):
         raise usage(f"--url must be an http:// or https:// address, not {url!r}")
     for flag in ("seconds", "timeout", "max_query_p99_ms", "max_query_p99_ratio", "min_doc_share"):
@@ -166,10 +180,7 @@ def _mixed_options(url, model, server_env, **settings) -> MixedOptions:
         raise usage("--query-tokens and --doc-tokens must be at least 8 (a text's number, a word, [CLS] and [SEP])")
     if (server_env or settings["log"]) and not model:
         raise usage("--server-env and --log go with --model")
-    bad = [item for item in server_env if "=" not in item or not item.split("=", 1)[0]]
-    if bad:
-        raise usage(f"--server-env takes NAME=VALUE, not {bad[0]!r}")
-    return MixedOptions(url=url, model=model, server_env=dict(item.split("=", 1) for item in server_env), **settings)
+    return MixedOptions(url=url, model=model, server_env=_server_env(server_env), **settings)
 
 
 @bench.command(short_help="queries under document load: latency and throughput, each alone and together, as ratios")
@@ -214,11 +225,7 @@ def mixed(json_path, **options) -> int:
 
 def _soak_options(url, model, pid, minutes, route, server_env, max_slope, max_growth, **settings) -> SoakOptions:
     """The soak's options, checked in the order the tools always checked them."""
-    url = service_url(url, model)
-    if not url and not model:
-        raise usage("give --url (a running service) or --model (a folder to serve)")
-    if url and model:
-        raise usage("--url and --model exclude each other")
+    url = _url_or_model(url, model)
     for flag in ("clients", "max_tokens", "queue_texts", "batch_tokens", "infer_requests", "timeout"):
         positive(settings[flag], f"--{flag.replace('_', '-')}")
     positive(minutes, "--minutes")
@@ -234,12 +241,9 @@ def _soak_options(url, model, pid, minutes, route, server_env, max_slope, max_gr
         raise usage("--max-tokens must be at least 16")
     if server_env and not model:
         raise usage("--server-env goes with --model")
-    bad = [item for item in server_env if "=" not in item or not item.split("=", 1)[0]]
-    if bad:
-        raise usage(f"--server-env takes NAME=VALUE, not {bad[0]!r}")
     return SoakOptions(url=url, model=model, pid=pid, seconds=minutes * 60, max_slope_mb_min=max_slope,
                        max_growth_pct=max_growth, routes=ROUTES if route == "both" else (route,),
-                       server_env=dict(item.split("=", 1) for item in server_env), **settings)
+                       server_env=_server_env(server_env), **settings)
 
 
 @bench.command(short_help="soak a service on loopback: errors, p99, RSS growth and the queue bound")

@@ -33,6 +33,8 @@ FLOAT_OPS = "ScaledDotProductAttention"  # ops whose inputs the int8 recipe leav
 # recipe is not the current one.
 RECIPES = {"int8": "nncf static int8, mixed preset, attention float", "int8-weights": "nncf int8_asym weights",
            "fp16": "fp16 weights", "fp32": "fp32"}
+# What a folder whose manifest records no recipe was made with: only static int8 has changed since.
+UNRECORDED_RECIPES = {**RECIPES, "int8": "nncf static int8, mixed preset, attention int8"}
 
 
 def compress(ov_model, precision: str, tables: dict[str, np.ndarray], calibration_ids: list[list[int]]):
@@ -46,7 +48,7 @@ def compress(ov_model, precision: str, tables: dict[str, np.ndarray], calibratio
         # Static: weights and activations of every linear layer in int8, so matmuls run on VNNI/AMX units.
         # Attention itself (QK^T, softmax, AV) stays float: quantized, OpenVINO's CPU plugin cannot fuse it on
         # CPUs without int8 dot products (AVX2) and computes every head's full length x length score matrix,
-        # 21.6 GB for one 8192-token BGE-M3 text; float, it runs as one fused, tiled kernel everywhere
+        # ~22 GB for one 8192-token BGE-M3 text; float, it runs as one fused, tiled kernel everywhere
         # (figures: docs/reliability.md#5-memory-and-how-to-size-a-machine).
         return nncf.quantize(
             ov_model,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ovembed.convert.quantize import RECIPES
+from ovembed.convert.quantize import RECIPES, UNRECORDED_RECIPES
 from ovembed.errors import ErrorKind, OvembedError
 from ovembed.manifest import MANIFEST_NAME, Manifest, looks_like_hub_id, resolve_alias
 
@@ -70,8 +70,9 @@ def stale_reason(target: Target) -> str | None:
         return f"{target.output} was made from {came}, not {describe(target)}"
     if manifest.precision != target.precision:
         return f"{target.output} is {manifest.precision}, not {target.precision}"
-    if manifest.recipe != RECIPES.get(target.precision):
-        return f"{target.output} was made with an older {target.precision} recipe ({manifest.recipe or 'before 0.4'})"
+    made_with = manifest.recipe or UNRECORDED_RECIPES.get(target.precision)
+    if made_with != RECIPES.get(target.precision):
+        return f"{target.output} was made with an older {target.precision} recipe ({made_with})"
     if target.max_length is not None and manifest.max_length != target.max_length:
         return f"{target.output} has max length {manifest.max_length}, not {target.max_length}"
     if target.folder is not None and _last_change(target.folder) > (target.output / MANIFEST_NAME).stat().st_mtime:

@@ -58,6 +58,7 @@ SHORT_REQUEST_TOKENS = 512  # a request of at most this many tokens takes the sh
 BULK_YIELD_MS = 250.0  # on a shared engine, longest a bulk batch waits for short work (OVEMBED_BULK_YIELD_MS)
 RELEASE_TOKENS = 2048  # an idle lane gives back buffers sized for a batch larger than this (OVEMBED_RELEASE_TOKENS)
 IDLE_RELEASE_S = 1.0  # ... once it has been idle this long (not between the back-to-back calls of a busy lane)
+BULK, SHORT = 0, 1  # the lanes, also the runtime index each uses (EmbeddingModel.embed_tokens(lane=...))
 
 
 @dataclass
@@ -114,27 +115,26 @@ class TokenBudgetBatcher:
 
     def __init__(self, model, max_wait_ms: float = 0.0, max_queue_texts: int = 4096, on_dispatch=None,
                  short_tokens: int = SHORT_REQUEST_TOKENS, bulk_yield_ms: float = BULK_YIELD_MS,
-                 release_tokens: int | None = RELEASE_TOKENS):
+                 release_tokens: int = RELEASE_TOKENS):
         self.model = model
         self.max_wait = max_wait_ms / 1000
         self.max_queue_texts = max_queue_texts
         self.short_tokens = short_tokens
         self.bulk_yield = bulk_yield_ms / 1000
-        self.release_tokens = release_tokens  # None: never release
+        self.release_tokens = release_tokens
         self.max_dispatch_tokens = 4 * model.budget.tokens  # bounds the texts one bulk dispatch plans at once
         self._on_dispatch = on_dispatch  # callback(sequences, tokens) for metrics
-        self._short: deque[_Job] = deque()
-        self._bulk: deque[_Job] = deque()
-        self._short_running = 0  # short jobs in the engine now
-        self._bulk_running = False
+        self._queues: tuple[deque[_Job], deque[_Job]] = (deque(), deque())  # per lane: 0 bulk, 1 short
+        self._busy = [False, False]  # per lane: its jobs are in the engine now
         self._pending_texts = 0
         self.high_water = 0  # most texts ever queued at once (the soak test checks it against the bound)
         self._cond = threading.Condition()
         self._closed = False
         name = model.manifest.name
-        self._threads = [threading.Thread(target=self._bulk_loop, name=f"batcher-bulk-{name}", daemon=True)]
-        if short_tokens > 0:
-            self._threads.append(threading.Thread(target=self._short_loop, name=f"batcher-short-{name}", daemon=True))
+        self._threads = [threading.Thread(target=self._serve, args=(lane, run), name=f"batcher-{kind}-{name}",
+                                          daemon=True)
+                         for lane, kind, run in ((BULK, "bulk", self._run_bulk), (SHORT, "short", self._run_merged))
+                         if lane == BULK or short_tokens > 0]
         for thread in self._threads:
             thread.start()
 
@@ -157,7 +157,7 @@ class TokenBudgetBatcher:
                 raise Overloaded("the service is shutting down")
             if self._pending_texts and self._pending_texts + len(ids) > self.max_queue_texts:
                 raise Overloaded(f"{self._pending_texts} texts are already queued")
-            (self._short if 0 < job.tokens <= self.short_tokens else self._bulk).append(job)
+            self._queues[SHORT if 0 < job.tokens <= self.short_tokens else BULK].append(job)
             self._pending_texts += len(ids)
             self.high_water = max(self.high_water, self._pending_texts)
             self._cond.notify_all()
@@ -171,23 +171,31 @@ class TokenBudgetBatcher:
         for thread in self._threads:
             thread.join()
 
-    # --- taking work ---------------------------------------------------------------------------------
+    # --- each lane's worker --------------------------------------------------------------------------
 
-    def _take(self, queue: deque[_Job], limit: int | None, lane: int) -> list[_Job] | None:
-        """Jobs from one lane's queue (waits for the first; merges up to `limit` tokens); None once closed and empty.
-        A lane that stays idle for IDLE_RELEASE_S gives back its large buffers once (_release)."""
-        idle_since = time.monotonic()
-        released = self.release_tokens is None
+    def _serve(self, lane: int, run) -> None:
+        while (jobs := self._take(lane)) is not None:
+            try:
+                if jobs:
+                    run(jobs)
+            except Exception as exc:  # noqa: BLE001 - a fault here must not leave a caller waiting forever
+                _fail_unfinished(jobs, exc)
+            finally:
+                with self._cond:
+                    self._busy[lane] = False
+                    self._cond.notify_all()
+
+    def _take(self, lane: int) -> list[_Job] | None:
+        """Jobs from one lane's queue (waits for the first; merges up to max_dispatch_tokens); None once closed and
+        empty. A lane that stays idle for IDLE_RELEASE_S gives back its large buffers once (_release)."""
+        queue, idle_since, released = self._queues[lane], time.monotonic(), False
         with self._cond:
             while not queue:
                 if self._closed:
                     return None
-                if released:
-                    self._cond.wait()
-                    continue
                 left = idle_since + IDLE_RELEASE_S - time.monotonic()
-                if left > 0:
-                    self._cond.wait(left)
+                if released or left > 0:
+                    self._cond.wait(None if released else left)
                     continue
                 released = True
                 self._cond.release()  # no lock held while the runtime frees memory
@@ -196,45 +204,40 @@ class TokenBudgetBatcher:
                 finally:
                     self._cond.acquire()
             deadline = time.monotonic() + self.max_wait
-            while not self._closed and (limit is None or sum(j.tokens for j in queue) < limit):
+            while not self._closed and sum(j.tokens for j in queue) < self.max_dispatch_tokens:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)
             taken, tokens = [], 0
-            while queue and (not taken or limit is None or tokens + queue[0].tokens <= limit):
+            while queue and (not taken or tokens + queue[0].tokens <= self.max_dispatch_tokens):
                 job = queue.popleft()
                 taken.append(job)
                 tokens += job.tokens
             self._pending_texts -= sum(len(j.ids) for j in taken)
-            if queue is self._short:
-                self._short_running += len(taken)
+            self._busy[lane] = True
             return [j for j in taken if j.future.set_running_or_notify_cancel()]
 
-    # --- the short lane ------------------------------------------------------------------------------
+    def _release(self, lane: int) -> None:
+        """Give back the buffers a large batch left behind (RSS after a burst returns near its warm level). On a
+        shared runtime only when the other lane is idle too."""
+        with self._cond:
+            if self.model.lanes == 1 and (any(self._queues) or any(self._busy)):
+                return
+        self.model.release_buffers(lane, self.release_tokens)
 
-    def _short_loop(self) -> None:
-        while (jobs := self._take(self._short, self.max_dispatch_tokens, lane=1)) is not None:
-            try:
-                if jobs:
-                    self._run_merged(jobs)
-            except Exception as exc:  # noqa: BLE001 - a fault here must not leave a caller waiting forever
-                _fail_unfinished(jobs, exc)
-            finally:
-                with self._cond:
-                    self._short_running = 0
-                    self._cond.notify_all()
+    # --- the short lane ------------------------------------------------------------------------------
 
     def _run_merged(self, jobs: list[_Job]) -> None:
         try:
             ids = [row for job in jobs for row in job.ids]
             wanted = sorted(set().union(*(job.wanted for job in jobs)))
-            result = self.model.embed_tokens(ids, wanted, normalize=False, lane=1)
+            result = self.model.embed_tokens(ids, wanted, normalize=False, lane=SHORT)
             self._dispatched(len(ids), sum(result.token_counts))
         except Exception:
             # One bad job must not fail its neighbours: retry each alone, so only it gets the error.
             for job in jobs:
-                self._run_alone(job, lane=1)
+                self._run_alone(job, lane=SHORT)
             return
         start = 0
         for job in jobs:
@@ -249,28 +252,6 @@ class TokenBudgetBatcher:
             job.future.set_exception(exc)
 
     # --- the bulk lane -------------------------------------------------------------------------------
-
-    def _bulk_loop(self) -> None:
-        while (jobs := self._take(self._bulk, self.max_dispatch_tokens, lane=0)) is not None:
-            with self._cond:
-                self._bulk_running = True
-            try:
-                if jobs:
-                    self._run_bulk(jobs)
-            except Exception as exc:  # noqa: BLE001 - a fault here must not leave a caller waiting forever
-                _fail_unfinished(jobs, exc)
-            finally:
-                with self._cond:
-                    self._bulk_running = False
-
-    def _release(self, lane: int) -> None:
-        """Give back the buffers a large batch left behind (RSS after a burst returns near its warm level) and the
-        resident pages of the mapped weights. On a shared runtime only when the other lane is idle too."""
-        with self._cond:
-            if self.model.lanes == 1 and (self._bulk or self._bulk_running or self._short or self._short_running):
-                return
-        if self.model.release_buffers(lane, self.release_tokens):
-            self.model.drop_mapped_weights()
 
     def _run_bulk(self, jobs: list[_Job]) -> None:
         rows = [(j, r) for j, job in enumerate(jobs) for r in range(len(job.ids))]
@@ -288,11 +269,11 @@ class TokenBudgetBatcher:
             ids = [jobs[rows[k][0]].ids[rows[k][1]] for k in batch]
             wanted = sorted(set().union(*(jobs[rows[k][0]].wanted for k in batch)))
             try:
-                result = self.model.embed_tokens(ids, wanted, normalize=False, lane=0)
+                result = self.model.embed_tokens(ids, wanted, normalize=False, lane=BULK)
             except Exception:
                 # Only the jobs in this batch are suspects: each is run alone and ends with its own outcome.
                 for j in sorted({rows[k][0] for k in batch}):
-                    self._run_alone(jobs[j], lane=0)
+                    self._run_alone(jobs[j], lane=BULK)
                     parts[j] = None
                 continue
             self._dispatched(len(ids), sum(result.token_counts))
@@ -310,7 +291,7 @@ class TokenBudgetBatcher:
             return
         deadline = time.monotonic() + self.bulk_yield
         with self._cond:
-            while (self._short or self._short_running) and (left := deadline - time.monotonic()) > 0:
+            while (self._queues[SHORT] or self._busy[SHORT]) and (left := deadline - time.monotonic()) > 0:
                 self._cond.wait(left)
 
     def _dispatched(self, sequences: int, tokens: int) -> None:

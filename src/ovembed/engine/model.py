@@ -96,13 +96,19 @@ class EmbeddingModel:
         """Runtimes that can run at once (1: every call shares one)."""
         return len(self.runtimes)
 
+    def _runtime(self, lane: int) -> Runtime:
+        """The lane's runtime; with one runtime, every lane's."""
+        return self.runtimes[min(lane, len(self.runtimes) - 1)]
+
     def release_buffers(self, lane: int = 0, above_tokens: int = 0) -> bool:
         """Give back a lane's intermediate buffers if its largest batch since the last release had more than
-        `above_tokens` padded tokens (Runtime.release); True if they were released."""
-        runtime = self.runtimes[min(lane, len(self.runtimes) - 1)]
+        `above_tokens` padded tokens (Runtime.release), and forget the mapped weights' pages again (preparing
+        kernels for new shapes may have read some); True if they were released."""
+        runtime = self._runtime(lane)
         if runtime.held_tokens <= above_tokens:
             return False
         runtime.release()
+        self.drop_mapped_weights()
         return True
 
     @property
@@ -147,7 +153,7 @@ class EmbeddingModel:
         lengths = [len(x) for x in ids]
         batches = plan_batches(lengths, self.budget)
         try:
-            raw = self.runtimes[min(lane, len(self.runtimes) - 1)].run(self._feeds(ids, batches), wanted)
+            raw = self._runtime(lane).run(self._feeds(ids, batches), wanted)
         except RuntimeError as exc:
             raise OvembedError(ErrorKind.BACKEND, f"inference failed: {openvino_reason(exc)}") from None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import sys
@@ -151,7 +152,6 @@ class Runtime:
             self.held_tokens = 0
         _malloc_trim()
 
-
     def _reset(self) -> None:
         """Replace the infer requests after a failure. A request whose inference failed keeps its exception
         (every later wait rethrows it) and AsyncInferQueue never hands it out again: left in place, one bad
@@ -164,12 +164,20 @@ class Runtime:
         self._queue = ov.AsyncInferQueue(self.compiled, len(self._queue))
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library of this process (glibc on Linux), or None where it cannot be opened so."""
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except (OSError, TypeError):
+        return None
+
+
 def _malloc_trim() -> None:
     """Hand freed heap pages back to the system (glibc keeps them for reuse otherwise); elsewhere a no-op."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def read_model(xml_path: Path) -> ov.Model:
@@ -192,14 +200,15 @@ def drop_mapped_weights(weights: Path) -> int:
     them later gets them back from the file, unchanged. Linux only; elsewhere a no-op."""
     if not sys.platform.startswith("linux"):
         return 0
+    madvise = getattr(_libc(), "madvise", None)
+    if madvise is None:
+        return 0
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     target = str(Path(weights).resolve())
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        madvise = libc.madvise
-        madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
             lines = maps.read().splitlines()
-    except (OSError, AttributeError):
+    except OSError:
         return 0
     dropped = 0
     for line in lines:

@@ -141,5 +141,10 @@ def test_dry_run_makes_again_a_folder_made_with_an_older_recipe(made, tiny_m3_so
     data = json.loads((made / MANIFEST_NAME).read_text())
     data.pop("recipe", None)  # as every folder made before the recipe was recorded
     (made / MANIFEST_NAME).write_text(json.dumps(data))
-    _, why = _dry_run(tiny_m3_source, "--precision", "fp32")
-    assert why.strip() == "would quantize: models/tiny-bge-m3-fp32 was made with an older fp32 recipe (before 0.4)"
+    # fp32 has not changed since: kept
+    assert _dry_run(tiny_m3_source, "--precision", "fp32") == ("models/tiny-bge-m3-fp32", "")
+    # static int8 has (attention is float now): made again
+    (made / MANIFEST_NAME).write_text(json.dumps({**data, "precision": "int8"}))
+    _, why = _dry_run(tiny_m3_source, "--precision", "int8", "--output", str(made))
+    assert why.strip() == (f"would quantize: {made} was made with an older int8 recipe "
+                           "(nncf static int8, mixed preset, attention int8)")
