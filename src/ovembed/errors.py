@@ -21,6 +21,7 @@ class ErrorKind(str, Enum):
     PAYLOAD_TOO_LARGE = "payload_too_large"  # request body over the limit
     NOT_FOUND = "not_found"  # no such route: a wrong URL or path
     PORT_IN_USE = "port_in_use"  # the address `ovembed serve` should listen on is taken
+    BUSY = "busy"  # another job holds the work (one reembed job per space)
 
 
 class OvembedError(Exception):

@@ -18,10 +18,13 @@ EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # `serve` on a taken port: its own code, so a supervisor can tell "pick another port" from a crash (not 3:
 # uvicorn exits 3 when the app fails to start).
 EXIT_PORT_IN_USE = 4
+# `reembed` while another job fills the same space: nothing was done, nothing is wrong; a scheduler retries later.
+EXIT_BUSY = 5
 # Failures of the world rather than of the input count as failed checks; every other kind is an input error.
 EXIT_CODES = {ErrorKind.GATE_FAILED: EXIT_CHECK_FAILED, ErrorKind.BACKEND: EXIT_CHECK_FAILED,
               ErrorKind.HUB_UNREACHABLE: EXIT_CHECK_FAILED, ErrorKind.UNAVAILABLE: EXIT_CHECK_FAILED,
-              ErrorKind.OVERLOADED: EXIT_CHECK_FAILED, ErrorKind.PORT_IN_USE: EXIT_PORT_IN_USE}
+              ErrorKind.OVERLOADED: EXIT_CHECK_FAILED, ErrorKind.PORT_IN_USE: EXIT_PORT_IN_USE,
+              ErrorKind.BUSY: EXIT_BUSY}
 DEFAULT_DB = "data/ovembed.db"
 DEFAULT_URL = "http://localhost:8019"
 

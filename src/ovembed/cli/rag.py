@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from ovembed.cli.common import api_key_option, db_option, json_option, print_json, service_url, url_option
+from ovembed.cli.common import (
+    api_key_option,
+    db_option,
+    json_option,
+    print_json,
+    service_url,
+    url_option,
+    usage,
+)
 
 MODES = ("dense", "sparse", "hybrid")
 
@@ -88,23 +96,37 @@ def search(query, k, mode, rerank, db, model, url, api_key, space, as_json) -> N
 @click.command(short_help="list, activate (switch search over, or roll back) or drop embedding spaces")
 @click.argument("action", type=click.Choice(["list", "activate", "drop"]))
 @click.argument("name", required=False)
-@click.option("--force", is_flag=True, help="activate even if the space is incomplete")
+@click.option("--force", is_flag=True, help="activate even if chunks are still pending (search skips them until "
+              "filled)")
+@click.option("--model", help="activate: the space's model, to embed what is pending (a folder, or with --url a "
+              "served model). Default: where the space was made")
 @db_option()
-@url_option(help="list: also show which model of this service makes each space")
+@url_option(help="list: also show which model of this service makes each space; activate: the service that embeds "
+            "what is pending")
 @api_key_option()
 @json_option()
-def spaces(action, name, force, db, url, api_key, as_json) -> None:
+def spaces(action, name, force, model, db, url, api_key, as_json) -> None:
     """List the store's spaces, ACTIVATE one (switch search over, or roll back), or DROP one. NAME is a space's
-    name or its model's (hub id, short name), as the server accepts them."""
+    name or its model's (hub id, short name), as the server accepts them. Activation first embeds the chunks
+    still pending in the space (ingested since it was filled) with its model, the last of them inside the switch."""
     from ovembed.store import open_store
 
     if action != "list" and not name:
         raise click.UsageError(f"`spaces {action}` needs the space's NAME")
     with open_store(db, create=False) as store:
         if action == "activate":
-            name = store.find_space(name).name
-            store.activate(name, force=force)
-            click.echo(f"active space: {name}")
+            space = store.find_space(name)
+            compute = None
+            if not force and store.has_pending(space.name):
+                from ovembed.embedders import make_embedder
+
+                embedder = make_embedder(model, service_url(url, model), api_key, space=space)
+                if not embedder.space.same_model(space):  # another model's vectors must never enter this space
+                    raise usage(f"--model makes {embedder.space.describe()} vectors, not those of space "
+                                      f"'{space.name}' ({space.describe()}): pass that space's model")
+                compute = embedder.vectors
+            store.activate(space.name, force=force, compute=compute)
+            click.echo(f"active space: {space.name}")
         elif action == "drop":
             name = store.find_space(name).name
             store.drop_space(name)
@@ -116,13 +138,15 @@ def spaces(action, name, force, db, url, api_key, as_json) -> None:
     if as_json:
         print_json([{"name": s.space.name, "model_id": s.space.model_id, "precision": s.space.precision,
                      "dimension": s.space.dimension, "sparse": s.space.sparse, "fingerprint": s.space.fingerprint,
-                     "active": s.active, "vectors": s.vectors, "chunks": s.chunks, "complete": s.complete,
+                     "active": s.active, "state": s.state, "vectors": s.vectors, "chunks": s.chunks,
+                     "pending": s.pending, "complete": s.complete,
                      **({"served_as": served.get(s.space.name)} if url else {})} for s in statuses])
         return
     for s in statuses:
         where = f"  served as {served[s.space.name]}" if served.get(s.space.name) else ("  not served" if url else "")
         click.echo(f"{'*' if s.active else ' '} {s.space.name:30s} {s.space.model_id:40s} {s.space.dimension:>5}d "
-                   f"{s.vectors}/{s.chunks} {'complete' if s.complete else 'incomplete'}{where}")
+                   f"{s.state:8s} {s.vectors}/{s.chunks} "
+                   f"{'complete' if s.complete else f'{s.pending} pending'}{where}")
 
 
 def _served_by(url: str, api_key: str | None, spaces: list) -> dict[str, str]:

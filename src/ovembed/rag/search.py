@@ -76,20 +76,19 @@ class RAG:
                     continue
                 ids = self.store.upsert_document(doc.id, [ChunkInput(t, {"chunk": i}) for i, t in enumerate(texts)],
                                                  doc.metadata)
-                # A crash between these two writes leaves chunks without vectors; search fills them (lazy).
+                # Every other space got a pending row with the chunks (reembed or activation fills it). A crash
+                # between these two writes leaves this space's rows pending too: search fills them (lazy).
                 self.store.fill_missing(space.name, self.embedder.vectors, chunk_ids=ids)
                 stats["documents"] += 1
                 stats["chunks"] += len(ids)
         return stats
 
     def ensure_complete(self, space: Space, page: int = 256) -> int:
-        """Embed every chunk of `space` that has no vector yet (the lazy path, in pages)."""
-        if self.store.count_vectors(space.name) >= self.store.count_chunks():
-            return 0  # the common case, without taking the space's lock
-        written = 0
-        while n := self.store.fill_missing(space.name, self.embedder.vectors, limit=page):
-            written += n
-        return written
+        """Embed every chunk pending in `space` (the safety net: a chunk ingested through another model while
+        this space was not active, or between an ingest's chunk write and its vector write)."""
+        if not self.store.has_pending(space.name):
+            return 0  # the common case: one index probe, no lock, no counting
+        return self.store.fill_pending(space.name, self.embedder.vectors, page=page)
 
     def read(self, chunk_ids: list[int], target: Space | None = None) -> list[Chunk]:
         """Chunks by id; ones with no vector in the target space (default: this embedder's) get one now."""

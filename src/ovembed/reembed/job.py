@@ -1,10 +1,13 @@
 """`ovembed reembed`: fill a target space from the chunk texts, resumably.
 
-Three stages overlap so the engine stays busy: a reader pages through chunks that have no vector in the
-target (keyset pagination from the last checkpoint), the embedder embeds each page (identical texts
-once), a writer upserts the vectors and advances the checkpoint. A crash or Ctrl-C at any point loses
-nothing: written vectors are never rewritten (the reader skips them) and upserts are idempotent. Search
-keeps using the active space; the target is activated only on request and only when complete.
+Three stages overlap so the engine stays busy: a reader pages through the chunks pending in the target space
+(the store's exact work list, written with every chunk insert), the embedder embeds each page (identical texts
+once), a writer upserts the vectors (clearing their pending rows in the same transaction) and records progress
+in the checkpoint. A crash, kill -9 or Ctrl-C at any point loses nothing: written vectors are never rewritten and
+upserts are idempotent. A chunk whose insert committed late (below ids already read) is pending too: the job
+runs passes until none is left, then sweeps (the idempotent repair), and only then calls the space complete.
+One job per space at a time (a lease); search keeps using the active space; the target is activated only on
+request, with the catch-up and the switch in one transaction.
 
 A database that goes away mid-job (a PostgreSQL restart or failover) is waited for: the run reconnects with
 exponential backoff and resumes from the checkpoint, giving up after `retries` attempts in a row without progress."""
@@ -16,6 +19,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from tqdm import tqdm
@@ -105,14 +109,28 @@ def start_job(store: Store, space: Space, name: str | None = None) -> JobStart:
     return JobStart(space, job, after_id, done_before, store.count_chunks(), store.count_vectors(space.name))
 
 
-def finish_job(store: Store, space: str, activate: bool) -> bool:
-    """Index a complete space (where the backend defers it) and activate it if asked; returns activated."""
-    if store.count_vectors(space) < store.count_chunks():
+def finish_job(store: Store, space: str, activate: bool,
+               compute: Callable[[list[Chunk]], list[VectorRow]] | None = None) -> bool:
+    """Index a complete space (where the backend defers it) and activate it if asked, embedding with `compute`
+    what ingest added since (inside the switch); returns activated."""
+    if store.has_pending(space):
         return False
     store.build_index(space)
     if activate:
-        store.activate(space)
+        store.activate(space, compute=compute)
     return activate
+
+
+def converge(store: Store, space: str, one_pass: Callable[[], None], halt: threading.Event) -> bool:
+    """Run `one_pass` until the space has nothing pending and the sweep finds nothing to repair (False when
+    halted first). A pass misses what committed behind its reader; the next one starts from the first id."""
+    while not halt.is_set():
+        one_pass()
+        if halt.is_set():
+            break
+        if not store.has_pending(space) and not store.sweep(space):
+            return True
+    return False
 
 
 def reembed(db: str, embedder: Embedder, batch: int = 256, activate: bool = False, progress: bool = True,
@@ -167,9 +185,11 @@ def _attempt(db: str, embedder: Embedder, name: str | None, batch: int, activate
         begin = start_job(writer_store, embedder.space, name)
         # Reached through a folder or a service, the model fills its space under that space's name.
         target = embedder.space = begin.space
-        state.first = state.first or begin
-        _run_stages(reader_store, writer_store, embedder, begin, batch, progress, halt, cache, state)
-        activated = finish_job(writer_store, target.name, activate)
+        with writer_store.reembed_lease(target.name):
+            state.first = state.first or begin
+            done = converge(writer_store, target.name, lambda: _run_stages(
+                reader_store, writer_store, embedder, begin, batch, progress, halt, cache, state), halt)
+            activated = done and finish_job(writer_store, target.name, activate, embedder.vectors)
         first = state.first
         return ReembedStats(target.name, first.chunks, state.written, state.reused, first.already,
                             round(time.perf_counter() - started, 3), activated, state.retries)
@@ -199,7 +219,7 @@ def _run_stages(reader_store: Store, writer_store: Store, embedder: Embedder, be
     errors: list[BaseException] = []
     quit_run = threading.Event()  # this run's reader stops; `halt` (the caller's stop) ends the whole job
     reader = threading.Thread(target=_read, name="reembed-read", daemon=True,
-                              args=(reader_store, target.name, batch, begin.after_id, pages, errors, halt, quit_run))
+                              args=(reader_store, target.name, batch, pages, errors, halt, quit_run))
     writer = threading.Thread(target=_write, name="reembed-write", daemon=True,
                               args=(writer_store, target.name, begin, results, errors, state, bar))
     reader.start()
@@ -224,11 +244,11 @@ def _run_stages(reader_store: Store, writer_store: Store, embedder: Embedder, be
         raise errors[0]
 
 
-def _read(store: Store, space: str, batch: int, after_id: int, pages: queue.Queue, errors: list[BaseException],
+def _read(store: Store, space: str, batch: int, pages: queue.Queue, errors: list[BaseException],
           halt: threading.Event, quit_run: threading.Event) -> None:
-    """Reader stage: pages of chunks without a vector, after the checkpoint, then _DONE."""
+    """Reader stage: pages of pending chunks, by id, then _DONE."""
     try:
-        for page in store.iter_missing(space, batch, after_id=after_id):
+        for page in store.iter_missing(space, batch):
             if halt.is_set() or quit_run.is_set():
                 break
             pages.put(page)

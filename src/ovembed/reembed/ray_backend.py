@@ -10,6 +10,7 @@ database reachable; SQLite works on one machine, its lock queuing the actors' wr
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 
 from ovembed.embedders import embedder_for
 from ovembed.errors import ErrorKind, OvembedError
-from ovembed.reembed.job import ReembedStats, _TextCache, embed_page, finish_job, start_job
+from ovembed.reembed.job import ReembedStats, _TextCache, converge, embed_page, finish_job, start_job
 from ovembed.store import Space, Store, open_store
 
 SCAN_PAGE = 4096  # chunks per query while the driver lists the missing ids
@@ -50,8 +51,7 @@ class EmbedWriter:
             raise self.failed
         for lo, hi, n in zip(ranges["lo"], ranges["hi"], ranges["n"], strict=True):
             # At most n chunks of the range are missing: any past hi are another range's to do.
-            chunks = [c for c in self.store.chunks_after(int(lo) - 1, int(n), missing_in=self.space)
-                      if c.id <= hi]
+            chunks = [c for c in self.store.pending_chunks(self.space, int(lo) - 1, int(n)) if c.id <= hi]
             rows, page_reused = embed_page(self.embedder, chunks, self.cache) if chunks else ([], 0)
             written.append(self.store.put_vectors(self.space, rows) if rows else 0)
             reused.append(page_reused)
@@ -70,7 +70,7 @@ def missing_ranges(store: Store, space: str, batch: int) -> Iterator[dict[str, i
     the ids are (deleted and re-ingested documents leave gaps), and a resumed run lists only what is left."""
     ids: list[int] = []
     after = 0
-    while page := store.chunks_after(after, max(SCAN_PAGE, batch), missing_in=space):
+    while page := store.pending_chunks(space, after, max(SCAN_PAGE, batch)):
         ids.extend(c.id for c in page)
         after = page[-1].id
         while len(ids) >= batch:
@@ -104,29 +104,29 @@ def reembed_ray(db: str, target: str, batch: int = 256, activate: bool = False, 
         begin = start_job(store, model_space, space_name)
         space = begin.space
         clock = time.perf_counter()
-        ranges = list(missing_ranges(store, space.name, batch))
-        written = reused = 0
-        if ranges:
+        totals = {"written": 0, "reused": 0}
+
+        def one_pass() -> None:
+            nonlocal started
+            ranges = list(missing_ranges(store, space.name, batch))
+            if not ranges:
+                return
             if not ray.is_initialized():
                 ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                          logging_level=logging.WARNING, ignore_reinit_error=True)
                 started = True
-            ranges_ds = ray.data.from_items(ranges)
-            # Hand the driver the actor's own exception, not Ray Data's UserCodeException, whose cause is
-            # lost on its way between processes (set on this dataset's copy of the context only).
-            ranges_ds.context.raise_original_map_exception = True
-            counts = ranges_ds.map_batches(
-                EmbedWriter,
-                batch_size=1,  # a range is already one embedder batch; one at a time balances the actors
-                compute=ray.data.ActorPoolStrategy(size=min(actors, len(ranges))),
-                fn_constructor_kwargs={"db": db, "target": target, "api_key": api_key, "space": space, "url": url},
-            ).take_all()
-            written = sum(int(row["written"]) for row in counts)
-            reused = sum(int(row["reused"]) for row in counts)
+            for key, value in _run_ranges(ray, ranges, actors, {"db": db, "target": target, "api_key": api_key,
+                                                                 "space": space, "url": url}).items():
+                totals[key] += value
             # The same checkpoint as the local job: everything up to the last range is done.
-            store.set_checkpoint(begin.job, max(begin.after_id, ranges[-1]["hi"]), begin.done_before + written)
-        activated = finish_job(store, space.name, activate)
-        return ReembedStats(space.name, begin.chunks, written, reused, begin.already,
+            store.set_checkpoint(begin.job, max(begin.after_id, ranges[-1]["hi"]), begin.done_before + totals["written"])
+
+        with store.reembed_lease(space.name):
+            converge(store, space.name, one_pass, threading.Event())
+            # What ingest adds before the switch is embedded inside it, by a model loaded only if needed.
+            activated = finish_job(store, space.name, activate,
+                                   lambda chunks: embedder_for(target, api_key, url).vectors(chunks))
+        return ReembedStats(space.name, begin.chunks, totals["written"], totals["reused"], begin.already,
                             round(time.perf_counter() - clock, 3), activated)
     except Exception as exc:
         domain = _domain_error(exc, ray.exceptions.RayError)
@@ -137,6 +137,21 @@ def reembed_ray(db: str, target: str, batch: int = 256, activate: bool = False, 
         store.close()
         if started:
             ray.shutdown()
+
+
+def _run_ranges(ray, ranges: list[dict], actors: int, actor_kwargs: dict) -> dict[str, int]:
+    """Embed and write the ranges on a pool of EmbedWriter actors; returns the vectors written and reused."""
+    ranges_ds = ray.data.from_items(ranges)
+    # Hand the driver the actor's own exception, not Ray Data's UserCodeException, whose cause is
+    # lost on its way between processes (set on this dataset's copy of the context only).
+    ranges_ds.context.raise_original_map_exception = True
+    counts = ranges_ds.map_batches(
+        EmbedWriter,
+        batch_size=1,  # a range is already one embedder batch; one at a time balances the actors
+        compute=ray.data.ActorPoolStrategy(size=min(actors, len(ranges))),
+        fn_constructor_kwargs=actor_kwargs,
+    ).take_all()
+    return {"written": sum(int(row["written"]) for row in counts), "reused": sum(int(row["reused"]) for row in counts)}
 
 
 def _absolute(db: str, target: str, url: str | None) -> tuple[str, str]:

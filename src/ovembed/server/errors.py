@@ -28,6 +28,7 @@ STATUS = {
     ErrorKind.HUB_UNREACHABLE: 503,
     ErrorKind.BACKEND: 500,
     ErrorKind.GATE_FAILED: 500,
+    ErrorKind.BUSY: 409,
 }
 RETRY_AFTER = {ErrorKind.OVERLOADED: "1", ErrorKind.UNAVAILABLE: "5"}
 

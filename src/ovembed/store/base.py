@@ -1,9 +1,13 @@
 """The store's contract: documents -> chunks -> vectors per space, exactly one active space.
 
 A *space* is one model's vectors: model id, precision, dimension, outputs and the fingerprint of the model's files,
-never where the model was reached (a folder or a service). Search runs on the active space,
-which is kept complete; a new space is filled beside it and activated in one transaction; activating
-the old one again is the rollback. Backends implement this ABC and pass the same contract tests."""
+never where the model was reached (a folder or a service). A space is *filling* (new), *active* (searched; exactly
+one) or *retained* (active before: the rollback target). Every chunk insert records, in its own transaction, a
+*pending* row for every space; a vector write deletes its pending row in the same transaction. So what a space
+lacks is known exactly and in O(1) (the pending rows), whoever wrote the chunk and whenever it committed, and
+no search ever counts rows. Activation catches up the pending rows and switches in one transaction that holds
+new chunk inserts back; activating the retained space again is the exact rollback. Backends implement this ABC
+and pass the same contract tests."""
 
 from __future__ import annotations
 
@@ -42,16 +46,22 @@ class Space:
                 + (f", fingerprint {self.fingerprint}" if self.fingerprint else ""))
 
 
+FILLING, ACTIVE, RETAINED = "filling", "active", "retained"
+
+
 @dataclass(frozen=True)
 class SpaceStatus:
     space: Space
     active: bool
     vectors: int
     chunks: int
+    pending: int = 0  # chunks waiting for a vector in this space (exact: written with the chunks)
+    state: str = FILLING
+    seeded: bool = True  # the chunks from before the space existed are all vectors or pending rows
 
     @property
     def complete(self) -> bool:
-        return self.vectors >= self.chunks
+        return self.seeded and self.pending == 0
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,25 @@ class Store(ABC):
 
     @abstractmethod
     def count_chunks(self) -> int: ...
+
+    @abstractmethod
+    def pending_chunks(self, space: str, after_id: int, limit: int) -> list[Chunk]:
+        """Keyset page of the chunks waiting for a vector in `space` (pending rows), id > after_id, by id."""
+
+    @abstractmethod
+    def has_pending(self, space: str) -> bool:
+        """Whether any chunk waits for a vector in `space`: one index probe, never a count."""
+
+    @abstractmethod
+    def sweep(self, space: str) -> int:
+        """The idempotent repair: a pending row for every chunk with neither a vector nor a pending row in
+        `space` (after every ingest transaction in flight has ended), then the space is marked seeded. Returns
+        the rows added: 0 unless a chunk was written around the pending rows (by an older ovembed)."""
+
+    @abstractmethod
+    def reembed_lease(self, space: str) -> AbstractContextManager:
+        """Held by the one reembed job filling `space`, across processes and machines; a second job gets an
+        OvembedError of kind BUSY at once. A job killed with -9 releases it (a file lock, a session lock)."""
 
     # --- spaces ------------------------------------------------------------------------------------
     @abstractmethod
@@ -174,9 +203,31 @@ class Store(ABC):
     def active_space(self) -> Space | None:
         return next((s.space for s in self.spaces() if s.active), None)
 
+    def activate(self, name: str, force: bool = False, compute: Callable[[list[Chunk]], list[VectorRow]] | None = None
+                 ) -> None:
+        """Make `name` the one active space (the previous one becomes retained). With `compute` (the space's
+        model), the chunks still pending are embedded first, and the last few inside the switch's transaction,
+        which holds new chunk inserts back: the space is complete at the instant it becomes active. Without it,
+        an incomplete space is refused unless forced."""
+        status = self.space(name)
+        if not status.seeded:
+            self.sweep(name)
+        if compute is not None:
+            self.fill_pending(name, compute)
+        if status.space.name != getattr(self.active_space(), "name", None):
+            self.build_index(name)  # outside the switch: it can take minutes and must not hold ingestion
+        self._switch(name, force, compute)
+
     @abstractmethod
-    def activate(self, name: str, force: bool = False) -> None:
-        """Make `name` the one active space, in one transaction; refuses an incomplete one unless forced."""
+    def _switch(self, name: str, force: bool, compute: Callable[[list[Chunk]], list[VectorRow]] | None) -> None:
+        """One transaction, exclusive with chunk inserts: embed what is still pending (or refuse, unless forced),
+        then the previous active space becomes retained and `name` active."""
+
+    @staticmethod
+    def _incomplete(name: str, missing: int) -> OvembedError:
+        return store_error(f"space '{name}' is incomplete: {missing} chunks have no vector yet; finish "
+                           f"`ovembed reembed` first, or activate with its model (--model/--url) to catch up, "
+                           "or use --force")
 
     @abstractmethod
     def drop_space(self, name: str) -> None:
@@ -211,19 +262,28 @@ class Store(ABC):
 
     def fill_missing(self, space: str, compute: Callable[[list[Chunk]], list[VectorRow]],
                      chunk_ids: list[int] | None = None, limit: int = 256) -> int:
-        """Embed and write chunks that have no vector in `space` (the given ids, or the first `limit`).
+        """Embed and write chunks that have no vector in `space` (the given ids, or the first `limit` pending).
         Returns how many were written; a concurrent caller waits, then finds nothing left to do."""
         with self.space_lock(space):
             if chunk_ids is None:
-                missing = self.chunks_after(0, limit, missing_in=space)
+                missing = self.pending_chunks(space, 0, limit)
             else:
                 present = self.get_dense(space, chunk_ids)
                 missing = self.get_chunks([i for i in dict.fromkeys(chunk_ids) if i not in present])
             return self.put_vectors(space, compute(missing)) if missing else 0
 
+    def fill_pending(self, space: str, compute: Callable[[list[Chunk]], list[VectorRow]], page: int = 256) -> int:
+        """Embed every chunk pending in `space`, a page at a time (the lazy path and activation's catch-up)."""
+        written = 0
+        while True:
+            n = self.fill_missing(space, compute, limit=page)
+            written += n
+            if n == 0 and not self.has_pending(space):  # 0 written can also mean the page's chunks were deleted
+                return written
+
     def iter_missing(self, space: str, page: int, after_id: int = 0) -> Iterator[list[Chunk]]:
-        """Keyset pages of chunks without a vector in `space`, from after_id up."""
-        while chunks := self.chunks_after(after_id, page, missing_in=space):
+        """Keyset pages of the chunks pending in `space`, from after_id up."""
+        while chunks := self.pending_chunks(space, after_id, page):
             yield chunks
             after_id = chunks[-1].id
 

@@ -1,10 +1,15 @@
 """PostgreSQL + pgvector backend: one vectors table per space (its own dimension), an HNSW index for
-dense search and an exact inner-product scan over `sparsevec` for lexical search."""
+dense search and an exact inner-product scan over `sparsevec` for lexical search.
+
+Live writes: every chunk insert takes a shared advisory lock (INGEST_LOCK) for its transaction. Creating a space
+waits for the inserts in flight (seen in pg_locks) without holding new ones back; activating takes the lock
+exclusively for the catch-up and the switch. Spaces' tables carry no foreign key to `chunks`, so creating or
+dropping one never waits behind, or holds back, ingestion; chunk deletes remove their vectors explicitly. DDL
+and the switch run with a short `lock_timeout` and are retried."""
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -20,33 +25,13 @@ from psycopg.types.json import Jsonb
 from ovembed.engine.outputs import SparseVector
 from ovembed.errors import ErrorKind, OvembedError
 from ovembed.store.base import Chunk, ChunkInput, Hit, Space, SpaceStatus, Store, VectorRow, content_hash, store_error
+from ovembed.store.pg_live import INGEST_LOCK, LiveWrites
+from ovembed.store.schema import POSTGRES_MIGRATIONS as MIGRATIONS
 
 SPARSE_DIM = 250002  # BGE-M3's vocabulary: lexical weights are indexed by token id
 HNSW_MAX_DIM = 2000  # pgvector's HNSW index takes `vector` columns up to this many dimensions
 MIGRATION_LOCK = 0x6F76656D  # advisory lock key: two processes opening a fresh database migrate one at a time
 
-MIGRATIONS = [
-    """
-    CREATE TABLE documents (id text PRIMARY KEY, metadata jsonb NOT NULL, updated_at timestamptz NOT NULL);
-    CREATE TABLE chunks (
-        id bigserial PRIMARY KEY,
-        doc_id text NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
-        seq int NOT NULL, text text NOT NULL, content_hash text NOT NULL, metadata jsonb NOT NULL,
-        UNIQUE (doc_id, seq));
-    CREATE INDEX chunks_hash ON chunks(content_hash);
-    CREATE SEQUENCE vector_tables;
-    CREATE TABLE spaces (
-        name text PRIMARY KEY, model_id text NOT NULL, precision text NOT NULL, dimension int NOT NULL,
-        model_ref text NOT NULL, sparse bool NOT NULL, active bool NOT NULL DEFAULT false,
-        table_name text NOT NULL UNIQUE DEFAULT 'vec_' || nextval('vector_tables'),
-        created_at timestamptz NOT NULL DEFAULT clock_timestamp());
-    CREATE UNIQUE INDEX spaces_one_active ON spaces(active) WHERE active;
-    CREATE TABLE checkpoints (job text PRIMARY KEY, last_id bigint NOT NULL, done bigint NOT NULL,
-                              updated_at timestamptz NOT NULL);
-    """,
-    # 2: a space is its model, not where the model was reached: the model files' fingerprint.
-    "ALTER TABLE spaces ADD COLUMN fingerprint text NOT NULL DEFAULT ''",
-]
 
 CHUNK_COLUMNS = "c.id, c.doc_id, c.seq, c.text, c.content_hash, c.metadata"
 SPACE_COLUMNS = "name, model_id, precision, dimension, model_ref, sparse, fingerprint"
@@ -60,7 +45,7 @@ class ConnectionLost(OvembedError):
     transient = True
 
 
-class PostgresStore(Store):
+class PostgresStore(LiveWrites, Store):
     def __init__(self, url: str):
         self.where = where = redact(url)
         try:
@@ -110,18 +95,27 @@ class PostgresStore(Store):
             version = row[0] if row else 0
             for step in MIGRATIONS[version:]:
                 db.execute(step)
+            for name, table in db.execute("SELECT name, table_name FROM spaces WHERE NOT seeded").fetchall():
+                db.execute(sql.SQL(  # under the migration lock, before this version's inserts write pending rows
+                    "INSERT INTO pending SELECT %s, c.id FROM chunks c WHERE NOT EXISTS "
+                    "(SELECT 1 FROM {} v WHERE v.chunk_id = c.id) ON CONFLICT DO NOTHING").format(sql.Identifier(table)),
+                    (name,))
+                db.execute("UPDATE spaces SET seeded = true WHERE name = %s", (name,))
             db.execute("DELETE FROM schema_version")
             db.execute("INSERT INTO schema_version VALUES (%s)", (max(version, len(MIGRATIONS)),))
 
     # --- documents and chunks ----------------------------------------------------------------------
     def upsert_document(self, doc_id: str, chunks: list[ChunkInput], metadata: dict | None = None) -> list[int]:
         with self._tx() as db:
+            # Shared with other inserts; a space being created waits for this transaction, an activation holds
+            # it back for its switch.
+            db.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", INGEST_LOCK)
             db.execute(
                 "INSERT INTO documents VALUES (%s, %s, now()) "
                 "ON CONFLICT (id) DO UPDATE SET metadata = excluded.metadata, updated_at = excluded.updated_at",
                 (doc_id, Jsonb(metadata or {})),
             )
-            db.execute("DELETE FROM chunks WHERE doc_id = %s", (doc_id,))  # their vectors cascade
+            self._delete_chunks(db, doc_id)
             rows = db.execute(
                 "INSERT INTO chunks (doc_id, seq, text, content_hash, metadata) "
                 "SELECT %s, q.seq - 1, q.text, q.hash, q.metadata "
@@ -130,11 +124,26 @@ class PostgresStore(Store):
                 (doc_id, [c.text for c in chunks], [content_hash(c.text) for c in chunks],
                  [Jsonb(c.metadata) for c in chunks]),
             ).fetchall()
+            # Every space waits for these chunks: the ingest fills its own, reembed or activation the others.
+            db.execute("INSERT INTO pending SELECT s.name, c.id FROM spaces s CROSS JOIN unnest(%s::bigint[]) AS c(id)",
+                       ([r[0] for r in rows],))
         return [chunk_id for chunk_id, _ in sorted(rows, key=lambda r: r[1])]  # RETURNING promises no order
 
     def delete_document(self, doc_id: str) -> None:
         with self._tx() as db:
+            self._delete_chunks(db, doc_id)
             db.execute("DELETE FROM documents WHERE id = %s", (doc_id,))
+
+    @staticmethod
+    def _delete_chunks(db: psycopg.Connection, doc_id: str) -> None:
+        """Delete a document's chunks and their vectors in every space (pending rows cascade). The spaces are read
+        after the chunk rows are locked, so a space created meanwhile is seen, and a vector write waiting on
+        those rows finds them gone."""
+        ids = [i for (i,) in db.execute("DELETE FROM chunks WHERE doc_id = %s RETURNING id", (doc_id,))]
+        if ids:
+            for (table,) in db.execute("SELECT table_name FROM spaces").fetchall():
+                db.execute(sql.SQL("DELETE FROM {} WHERE chunk_id = ANY(%s::bigint[])").format(sql.Identifier(table)),
+                           (ids,))
 
     def get_chunks(self, chunk_ids: list[int]) -> list[Chunk]:
         with self._tx() as db:
@@ -160,41 +169,63 @@ class PostgresStore(Store):
         with self._tx() as db:
             return db.execute("SELECT count(*) FROM chunks").fetchone()[0]
 
+    def pending_chunks(self, space: str, after_id: int, limit: int) -> list[Chunk]:
+        with self._tx() as db:
+            return self._pending(db, space, after_id, limit)
+
+    @staticmethod
+    def _pending(db: psycopg.Connection, space: str, after_id: int, limit: int | None) -> list[Chunk]:
+        rows = db.execute(f"SELECT {CHUNK_COLUMNS} FROM pending p JOIN chunks c ON c.id = p.chunk_id "
+                          "WHERE p.space = %s AND p.chunk_id > %s ORDER BY p.chunk_id LIMIT %s",
+                          (space, after_id, limit)).fetchall()
+        return [Chunk(*row) for row in rows]
+
+    def has_pending(self, space: str) -> bool:
+        with self._tx() as db:
+            return db.execute("SELECT EXISTS (SELECT 1 FROM pending WHERE space = %s)", (space,)).fetchone()[0]
+
     # --- spaces ------------------------------------------------------------------------------------
     def create_space(self, space: Space) -> Space:
         if not 0 < space.dimension <= HNSW_MAX_DIM:
             raise store_error(f"space '{space.name}': dimension {space.dimension} is outside 1..{HNSW_MAX_DIM}, "
                               "the range pgvector's HNSW index takes")
-        with self._tx() as db:
-            row = db.execute(
-                f"INSERT INTO spaces ({SPACE_COLUMNS}, active) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, NOT EXISTS (SELECT 1 FROM spaces WHERE active)) "
-                "ON CONFLICT (name) DO NOTHING RETURNING table_name, active",
-                (space.name, space.model_id, space.precision, space.dimension, space.model_ref, space.sparse,
-                 space.fingerprint),
-            ).fetchone()
-            if row is None:
-                existing = Space(*db.execute(f"SELECT {SPACE_COLUMNS} FROM spaces WHERE name = %s FOR UPDATE",
-                                             (space.name,)).fetchone())
-                self._check_same_model(existing, space)
-                if not existing.fingerprint and space.fingerprint:
-                    db.execute("UPDATE spaces SET fingerprint = %s WHERE name = %s", (space.fingerprint, space.name))
-                    existing = replace(existing, fingerprint=space.fingerprint)
-                return existing
-            table = sql.Identifier(row[0])
-            # The sparse column is typed whatever the space: it stays NULL when lexical weights are not kept.
-            db.execute(sql.SQL(
-                "CREATE TABLE {} (chunk_id bigint PRIMARY KEY REFERENCES chunks(id) ON DELETE CASCADE, "
-                "dense vector({}) NOT NULL, sparse sparsevec({}))"
-            ).format(table, sql.Literal(space.dimension), sql.Literal(SPARSE_DIM)))
-            if row[1]:
-                # The first space is searched at once and fills row by row: index it now. Any later space is
-                # filled in bulk by reembed and indexed when activated: pgvector builds an HNSW index over
-                # loaded rows many times faster than it maintains one through inserts.
-                self._index(db, table)
-            # No index on `sparse`: pgvector's HNSW takes at most 1000 non-zeros per row, fewer than a long
-            # passage has, so lexical search is an exact scan.
-        return space
+        made, seeded = self._retrying(lambda db: self._insert_space(db, space), f"create space '{space.name}'")
+        if not seeded:  # the chunks there now wait for it too (a crash before this: the next call does it)
+            self.sweep(space.name)
+        return made
+
+    def _insert_space(self, db: psycopg.Connection, space: Space) -> tuple[Space, bool]:
+        row = db.execute(
+            f"INSERT INTO spaces ({SPACE_COLUMNS}, active, state) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, NOT EXISTS (SELECT 1 FROM spaces WHERE active), "
+            "CASE WHEN EXISTS (SELECT 1 FROM spaces WHERE active) THEN 'filling' ELSE 'active' END) "
+            "ON CONFLICT (name) DO NOTHING RETURNING table_name, active",
+            (space.name, space.model_id, space.precision, space.dimension, space.model_ref, space.sparse,
+             space.fingerprint),
+        ).fetchone()
+        if row is None:
+            found = db.execute(f"SELECT {SPACE_COLUMNS}, seeded FROM spaces WHERE name = %s FOR NO KEY UPDATE",
+                               (space.name,)).fetchone()
+            existing = Space(*found[:7])
+            self._check_same_model(existing, space)
+            if not existing.fingerprint and space.fingerprint:
+                db.execute("UPDATE spaces SET fingerprint = %s WHERE name = %s", (space.fingerprint, space.name))
+                existing = replace(existing, fingerprint=space.fingerprint)
+            return existing, found[7]
+        table = sql.Identifier(row[0])
+        # The sparse column is typed whatever the space: it stays NULL when lexical weights are not kept. No
+        # foreign key to chunks: one would make this statement wait for every open ingest transaction.
+        db.execute(sql.SQL(
+            "CREATE TABLE {} (chunk_id bigint PRIMARY KEY, dense vector({}) NOT NULL, sparse sparsevec({}))"
+        ).format(table, sql.Literal(space.dimension), sql.Literal(SPARSE_DIM)))
+        if row[1]:
+            # The first space is searched at once and fills row by row: index it now. Any later space is
+            # filled in bulk by reembed and indexed when activated: pgvector builds an HNSW index over
+            # loaded rows many times faster than it maintains one through inserts.
+            self._index(db, table)
+        # No index on `sparse`: pgvector's HNSW takes at most 1000 non-zeros per row, fewer than a long
+        # passage has, so lexical search is an exact scan.
+        return space, False
 
     def space_definitions(self) -> list[Space]:
         with self._tx() as db:
@@ -204,15 +235,22 @@ class PostgresStore(Store):
         with self._tx() as db:
             chunks = db.execute("SELECT count(*) FROM chunks").fetchone()[0]
             rows = db.execute(
-                f"SELECT {SPACE_COLUMNS}, active, table_name FROM spaces ORDER BY created_at, name").fetchall()
-            return [SpaceStatus(Space(*r[:7]), r[7], self._count(db, r[8]), chunks) for r in rows]
+                f"SELECT {SPACE_COLUMNS}, active, table_name, state, seeded, "
+                "(SELECT count(*) FROM pending p WHERE p.space = s.name) FROM spaces s ORDER BY created_at, name"
+            ).fetchall()
+            return [SpaceStatus(Space(*r[:7]), r[7], self._count(db, r[8]), chunks, pending=r[11], state=r[9],
+                                seeded=r[10]) for r in rows]
 
     @staticmethod
     def _index(db: psycopg.Connection, table: sql.Identifier) -> None:
         db.execute("SELECT set_config('maintenance_work_mem', '1GB', true)")  # build the graph in memory
         index = sql.Identifier(table.as_string(db).strip('"') + "_hnsw")  # tables are named vec_<n> by a sequence
-        db.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (dense vector_cosine_ops)").format(
-            index, table))
+        try:
+            with db.transaction():  # a savepoint: another process building the same index is not a failure
+                db.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (dense vector_cosine_ops)").format(
+                    index, table))
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+            pass  # IF NOT EXISTS checks before building; two builders both pass the check and one loses
 
     def build_index(self, space: str) -> None:
         """Build the space's HNSW index now (reembed calls this when it completes, so activation is quick)."""
@@ -225,44 +263,54 @@ class PostgresStore(Store):
             row = db.execute(f"SELECT {SPACE_COLUMNS} FROM spaces WHERE active").fetchone()
         return Space(*row) if row else None
 
-    def activate(self, name: str, force: bool = False) -> None:
-        with self._tx() as db:
-            _, table = self._table(db, name, lock=True)
-            if not force:
-                chunks = db.execute("SELECT count(*) FROM chunks").fetchone()[0]
-                missing = chunks - self._count(db, table)  # vectors cascade with chunks, so never more
-                if missing > 0:
-                    raise store_error(f"space '{name}' is incomplete: {missing} of {chunks} chunks have no "
-                                      "vector yet; finish `ovembed reembed` first, or use --force")
-            self._index(db, table)  # no-op when reembed already built it
+    def _switch(self, name, force, compute) -> None:
+        def switch(db: psycopg.Connection) -> None:
+            db.execute("SELECT pg_advisory_xact_lock(%s, %s)", INGEST_LOCK)  # no chunk insert in flight or starting
+            definition, table = self._table(db, name, lock="NO KEY UPDATE")
+            if chunks := self._pending(db, name, 0, None):
+                if compute is not None:
+                    self._write(db, definition, table, compute(chunks))
+                elif not force:
+                    raise self._incomplete(name, len(chunks))
+            self._index(db, table)  # no-op: activate built it before taking the lock
             # Off first, then on: the partial unique index allows one active row after every statement.
-            db.execute("UPDATE spaces SET active = false WHERE active AND name <> %s", (name,))
-            db.execute("UPDATE spaces SET active = true WHERE name = %s", (name,))
+            db.execute("UPDATE spaces SET active = false, state = 'retained' WHERE active AND name <> %s", (name,))
+            db.execute("UPDATE spaces SET active = true, state = 'active' WHERE name = %s", (name,))
+
+        self._retrying(switch, f"activate space '{name}'")
 
     def drop_space(self, name: str) -> None:
-        with self._tx() as db:
-            _, table = self._table(db, name, lock=True)
+        def drop(db: psycopg.Connection) -> None:
+            _, table = self._table(db, name, lock="UPDATE")
             if db.execute("SELECT active FROM spaces WHERE name = %s", (name,)).fetchone()[0]:
                 raise store_error(f"space '{name}' is the active one: activate another space before dropping it")
             db.execute(sql.SQL("DROP TABLE {}").format(table))
-            db.execute("DELETE FROM spaces WHERE name = %s", (name,))
+            db.execute("DELETE FROM spaces WHERE name = %s", (name,))  # its pending rows cascade
+
+        self._retrying(drop, f"drop space '{name}'")
 
     # --- vectors -----------------------------------------------------------------------------------
     def put_vectors(self, space: str, rows: list[VectorRow]) -> int:
         with self._tx() as db:
             definition, table = self._table(db, space)
-            self._check_rows(definition, rows)
-            params = [(r.chunk_id, np.asarray(r.dense, np.float32),
-                       to_sparsevec(r.sparse) if definition.sparse and r.sparse is not None else None) for r in rows]
-            # KEY SHARE keeps the chunks from being deleted between this check and the insert.
-            live = {i for (i,) in db.execute("SELECT id FROM chunks WHERE id = ANY(%s::bigint[]) FOR KEY SHARE",
-                                             ([r.chunk_id for r in rows],))}
-            params = [p for p in params if p[0] in live]
-            with db.cursor() as cur:
-                cur.executemany(sql.SQL(
-                    "INSERT INTO {} (chunk_id, dense, sparse) VALUES (%s, %s, %s) "
-                    "ON CONFLICT (chunk_id) DO UPDATE SET dense = excluded.dense, sparse = excluded.sparse"
-                ).format(table), params)
+            return self._write(db, definition, table, rows)
+
+    def _write(self, db: psycopg.Connection, definition: Space, table: sql.Identifier, rows: list[VectorRow]) -> int:
+        """Upsert vectors and clear their pending rows, inside the caller's transaction."""
+        self._check_rows(definition, rows)
+        params = [(r.chunk_id, np.asarray(r.dense, np.float32),
+                   to_sparsevec(r.sparse) if definition.sparse and r.sparse is not None else None) for r in rows]
+        # KEY SHARE keeps the chunks from being deleted between this check and the insert.
+        live = {i for (i,) in db.execute("SELECT id FROM chunks WHERE id = ANY(%s::bigint[]) FOR KEY SHARE",
+                                         ([r.chunk_id for r in rows],))}
+        params = [p for p in params if p[0] in live]
+        with db.cursor() as cur:
+            cur.executemany(sql.SQL(
+                "INSERT INTO {} (chunk_id, dense, sparse) VALUES (%s, %s, %s) "
+                "ON CONFLICT (chunk_id) DO UPDATE SET dense = excluded.dense, sparse = excluded.sparse"
+            ).format(table), params)
+        db.execute("DELETE FROM pending WHERE space = %s AND chunk_id = ANY(%s::bigint[])",
+                   (definition.name, [r.chunk_id for r in rows]))
         return len(params)
 
     def count_vectors(self, space: str) -> int:
@@ -303,47 +351,15 @@ class PostgresStore(Store):
             ).format(self._table(db, space)[1]), (vector, vector, k)).fetchall()
         return [Hit(chunk_id, float(score)) for chunk_id, score in rows]
 
-    @contextmanager
-    def space_lock(self, space: str) -> Iterator[None]:
-        # A session advisory lock excludes other processes; the session is shared by this process's threads
-        # (and re-entrant), so a thread lock excludes those. Polling with try-lock, instead of blocking in
-        # pg_advisory_lock, leaves the connection free for other threads while another process holds the space.
-        key = int(content_hash(f"space:{space}")[:15], 16)
-        with self._space_locks.setdefault(space, threading.Lock()):
-            while True:
-                with self._tx() as db:
-                    if db.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
-                        break
-                time.sleep(0.05)
-            try:
-                yield
-            finally:
-                with self._tx() as db:
-                    db.execute("SELECT pg_advisory_unlock(%s)", (key,))
-
-    # --- job checkpoints -----------------------------------------------------------------------------
-    def get_checkpoint(self, job: str) -> tuple[int, int]:
-        with self._tx() as db:
-            row = db.execute("SELECT last_id, done FROM checkpoints WHERE job = %s", (job,)).fetchone()
-        return (row[0], row[1]) if row else (0, 0)
-
-    def set_checkpoint(self, job: str, last_id: int, done: int) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO checkpoints VALUES (%s, %s, %s, now()) ON CONFLICT (job) DO UPDATE "
-                "SET last_id = excluded.last_id, done = excluded.done, updated_at = excluded.updated_at",
-                (job, last_id, done),
-            )
-
     def close(self) -> None:
         self.conn.close()
 
     # --- helpers -----------------------------------------------------------------------------------
     @staticmethod
-    def _table(db: psycopg.Connection, name: str, lock: bool = False) -> tuple[Space, sql.Identifier]:
-        """A space's definition and its vectors table; FOR UPDATE when the caller changes the space."""
+    def _table(db: psycopg.Connection, name: str, lock: str = "") -> tuple[Space, sql.Identifier]:
+        """A space's definition and its vectors table; locked (FOR `lock`) when the caller changes the space."""
         row = db.execute(f"SELECT {SPACE_COLUMNS}, table_name FROM spaces WHERE name = %s"
-                         + (" FOR UPDATE" if lock else ""), (name,)).fetchone()
+                         + (f" FOR {lock}" if lock else ""), (name,)).fetchone()
         if row is None:
             raise OvembedError(ErrorKind.MODEL_NOT_FOUND, f"no space named '{name}'")
         return Space(*row[:7]), sql.Identifier(row[7])

@@ -1,5 +1,6 @@
 """SQLite backend: one file, WAL mode; vectors as float32 blobs searched exactly with NumPy, lexical
-weights in a postings table searched with SQL."""
+weights in a postings table searched with SQL. One writer at a time (BEGIN IMMEDIATE), so a chunk insert, its
+pending rows and a space's creation or activation never interleave."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ import numpy as np
 from ovembed.engine.outputs import SparseVector
 from ovembed.errors import ErrorKind, OvembedError
 from ovembed.store.base import (
+    ACTIVE,
+    FILLING,
+    RETAINED,
     Chunk,
     ChunkInput,
     Hit,
@@ -26,37 +30,8 @@ from ovembed.store.base import (
     content_hash,
     store_error,
 )
+from ovembed.store.schema import SQLITE_MIGRATIONS as MIGRATIONS
 
-MIGRATIONS = [
-    """
-    CREATE TABLE documents (id TEXT PRIMARY KEY, metadata TEXT NOT NULL, updated_at REAL NOT NULL);
-    CREATE TABLE chunks (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        doc_id TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
-        seq INTEGER NOT NULL, text TEXT NOT NULL, content_hash TEXT NOT NULL, metadata TEXT NOT NULL,
-        UNIQUE (doc_id, seq));
-    CREATE INDEX chunks_hash ON chunks(content_hash);
-    CREATE TABLE spaces (
-        name TEXT PRIMARY KEY, model_id TEXT NOT NULL, precision TEXT NOT NULL, dimension INTEGER NOT NULL,
-        model_ref TEXT NOT NULL, sparse INTEGER NOT NULL, active INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL);
-    CREATE UNIQUE INDEX spaces_one_active ON spaces(active) WHERE active = 1;
-    CREATE TABLE vectors (
-        space TEXT NOT NULL REFERENCES spaces(name) ON DELETE CASCADE,
-        chunk_id INTEGER NOT NULL REFERENCES chunks(id) ON DELETE CASCADE,
-        dense BLOB NOT NULL,
-        PRIMARY KEY (space, chunk_id)) WITHOUT ROWID;
-    CREATE INDEX vectors_chunk ON vectors(chunk_id);
-    CREATE TABLE postings (
-        space TEXT NOT NULL, token_id INTEGER NOT NULL, chunk_id INTEGER NOT NULL, weight REAL NOT NULL,
-        PRIMARY KEY (space, token_id, chunk_id),
-        FOREIGN KEY (space, chunk_id) REFERENCES vectors(space, chunk_id) ON DELETE CASCADE) WITHOUT ROWID;
-    CREATE INDEX postings_chunk ON postings(space, chunk_id);
-    CREATE TABLE checkpoints (job TEXT PRIMARY KEY, last_id INTEGER NOT NULL, done INTEGER NOT NULL,
-                              updated_at REAL NOT NULL);
-    """,
-    # 2: a space is its model, not where the model was reached: the model files' fingerprint.
-    "ALTER TABLE spaces ADD COLUMN fingerprint TEXT NOT NULL DEFAULT ''",
-]
 SPACE_COLUMNS = "name, model_id, precision, dimension, model_ref, sparse, fingerprint"
 
 
@@ -119,6 +94,8 @@ class SQLiteStore(Store):
                     (doc_id, seq, chunk.text, content_hash(chunk.text), json.dumps(chunk.metadata)),
                 )
                 ids.append(cur.lastrowid)
+            # Every space waits for these chunks: the ingest fills its own, reembed or activation the others.
+            db.execute("INSERT INTO pending SELECT s.name, c.id FROM spaces s JOIN chunks c ON c.doc_id = ?", (doc_id,))
             return ids
 
     def delete_document(self, doc_id: str) -> None:
@@ -146,6 +123,43 @@ class SQLiteStore(Store):
                 )
             return [_chunk(r) for r in rows.fetchall()]
 
+    def pending_chunks(self, space: str, after_id: int, limit: int) -> list[Chunk]:
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT c.* FROM pending p JOIN chunks c ON c.id = p.chunk_id WHERE p.space = ? AND p.chunk_id > ? "
+                "ORDER BY p.chunk_id LIMIT ?", (space, after_id, limit)).fetchall()
+        return [_chunk(r) for r in rows]
+
+    def has_pending(self, space: str) -> bool:
+        with self._lock:
+            return bool(self.conn.execute("SELECT EXISTS (SELECT 1 FROM pending WHERE space = ?)", (space,)).fetchone()[0])
+
+    def sweep(self, space: str) -> int:
+        with self._tx() as db:  # the one writer: no chunk insert is in flight
+            self._definition(space)
+            return self._seed(db, space)
+
+    @staticmethod
+    def _seed(db: sqlite3.Connection, space: str) -> int:
+        return db.execute(
+            "INSERT OR IGNORE INTO pending SELECT ?, c.id FROM chunks c WHERE NOT EXISTS "
+            "(SELECT 1 FROM vectors v WHERE v.space = ? AND v.chunk_id = c.id)", (space, space)).rowcount
+
+    @contextmanager
+    def reembed_lease(self, space: str):
+        lock_path = self.path.with_name(f"{self.path.name}.{content_hash('reembed:' + space)[:16]}.lock")
+        with open(lock_path, "a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise OvembedError(ErrorKind.BUSY, f"another reembed job is filling space '{space}' of {self.path}; "
+                                   "this one stops without doing anything (wait for that one, or stop it: a "
+                                   "rerun resumes)") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     def count_chunks(self) -> int:
         with self._lock:
             return self.conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
@@ -161,10 +175,12 @@ class SQLiteStore(Store):
                     db.execute("UPDATE spaces SET fingerprint = ? WHERE name = ?", (space.fingerprint, space.name))
                     existing = _space((*row[:6], space.fingerprint))
                 return existing
-            first = db.execute("SELECT COUNT(*) FROM spaces").fetchone()[0] == 0
-            db.execute(f"INSERT INTO spaces ({SPACE_COLUMNS}, active, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            first = db.execute("SELECT NOT EXISTS (SELECT 1 FROM spaces)").fetchone()[0] == 1
+            db.execute(f"INSERT INTO spaces ({SPACE_COLUMNS}, active, state, created_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (space.name, space.model_id, space.precision, space.dimension, space.model_ref,
-                        int(space.sparse), space.fingerprint, int(first), time.time()))
+                        int(space.sparse), space.fingerprint, int(first), ACTIVE if first else FILLING, time.time()))
+            self._seed(db, space.name)  # every chunk there now waits for this space, in the same transaction
             return space
 
     def space_definitions(self) -> list[Space]:
@@ -177,9 +193,11 @@ class SQLiteStore(Store):
             chunks = self.conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
             rows = self.conn.execute(
                 "SELECT s.name, s.model_id, s.precision, s.dimension, s.model_ref, s.sparse, s.fingerprint, s.active, "
-                "(SELECT COUNT(*) FROM vectors v WHERE v.space = s.name) FROM spaces s ORDER BY s.created_at, s.name"
+                "(SELECT COUNT(*) FROM vectors v WHERE v.space = s.name), "
+                "(SELECT COUNT(*) FROM pending p WHERE p.space = s.name), s.state FROM spaces s "
+                "ORDER BY s.created_at, s.name"
             ).fetchall()
-        return [SpaceStatus(_space(r[:7]), bool(r[7]), r[8], chunks) for r in rows]
+        return [SpaceStatus(_space(r[:7]), bool(r[7]), r[8], chunks, pending=r[9], state=r[10]) for r in rows]
 
     def active_space(self) -> Space | None:
         with self._lock:  # no vector counts: this is on every search's path
@@ -196,20 +214,26 @@ class SQLiteStore(Store):
             raise OvembedError(ErrorKind.MODEL_NOT_FOUND, f"no space named '{name}'")
         return _space(row)
 
-    def activate(self, name: str, force: bool = False) -> None:
-        with self._tx() as db:  # the completeness check and the switch in one transaction
-            status = self.space(name)
-            if not status.complete and not force:
-                raise store_error(f"space '{name}' is incomplete: {status.chunks - status.vectors} of "
-                                  f"{status.chunks} chunks have no vector yet; finish `ovembed reembed` first, "
-                                  "or use --force")
-            db.execute("UPDATE spaces SET active = 0 WHERE active = 1")
-            db.execute("UPDATE spaces SET active = 1 WHERE name = ?", (name,))
+    def _switch(self, name, force, compute) -> None:
+        with self._tx() as db:  # the one writer: no chunk insert lands between the catch-up and the switch
+            definition = self._definition(name)
+            if chunks := self.pending_chunks(name, 0, 1 << 62):
+                if compute is not None:
+                    rows = compute(chunks)
+                    self._check_rows(definition, rows)
+                    self._write(db, definition, rows)
+                elif not force:
+                    raise self._incomplete(name, len(chunks))
+            db.execute("UPDATE spaces SET active = 0, state = ? WHERE active = 1 AND name <> ?", (RETAINED, name))
+            db.execute("UPDATE spaces SET active = 1, state = ? WHERE name = ?", (ACTIVE, name))
 
     def drop_space(self, name: str) -> None:
-        if self.space(name).active:
-            raise store_error(f"space '{name}' is the active one: activate another space before dropping it")
-        with self._tx() as db:
+        with self._tx() as db:  # the check and the delete in one transaction: an activation cannot slip between
+            row = db.execute("SELECT active FROM spaces WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise OvembedError(ErrorKind.MODEL_NOT_FOUND, f"no space named '{name}'")
+            if row[0]:
+                raise store_error(f"space '{name}' is the active one: activate another space before dropping it")
             db.execute("DELETE FROM postings WHERE space = ?", (name,))
             db.execute("DELETE FROM vectors WHERE space = ?", (name,))
             db.execute("DELETE FROM spaces WHERE name = ?", (name,))
@@ -220,19 +244,25 @@ class SQLiteStore(Store):
         definition = self._definition(space)
         self._check_rows(definition, rows)
         with self._tx() as db:
-            existing = set()
-            for part in _parts([r.chunk_id for r in rows]):
-                marks = ",".join("?" * len(part))
-                existing.update(i for (i,) in db.execute(f"SELECT id FROM chunks WHERE id IN ({marks})", part))
-            rows = [r for r in rows if r.chunk_id in existing]
-            db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
-                           [(space, r.chunk_id, np.asarray(r.dense, "<f4").tobytes()) for r in rows])
-            if definition.sparse:
-                db.executemany("DELETE FROM postings WHERE space = ? AND chunk_id = ?", [(space, r.chunk_id) for r in rows])
-                db.executemany("INSERT INTO postings VALUES (?, ?, ?, ?)", [
-                    (space, int(t), r.chunk_id, float(w))
-                    for r in rows if r.sparse for t, w in zip(r.sparse["indices"], r.sparse["values"], strict=True)
-                ])
+            return self._write(db, definition, rows)
+
+    def _write(self, db: sqlite3.Connection, definition: Space, rows: list[VectorRow]) -> int:
+        """Upsert vectors and clear their pending rows, inside the caller's transaction."""
+        space = definition.name
+        existing = set()
+        for part in _parts([r.chunk_id for r in rows]):
+            marks = ",".join("?" * len(part))
+            existing.update(i for (i,) in db.execute(f"SELECT id FROM chunks WHERE id IN ({marks})", part))
+        rows = [r for r in rows if r.chunk_id in existing]
+        db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
+                       [(space, r.chunk_id, np.asarray(r.dense, "<f4").tobytes()) for r in rows])
+        if definition.sparse:
+            db.executemany("DELETE FROM postings WHERE space = ? AND chunk_id = ?", [(space, r.chunk_id) for r in rows])
+            db.executemany("INSERT INTO postings VALUES (?, ?, ?, ?)", [
+                (space, int(t), r.chunk_id, float(w))
+                for r in rows if r.sparse for t, w in zip(r.sparse["indices"], r.sparse["values"], strict=True)
+            ])
+        db.executemany("DELETE FROM pending WHERE space = ? AND chunk_id = ?", [(space, r.chunk_id) for r in rows])
         return len(rows)
 
     def count_vectors(self, space: str) -> int:

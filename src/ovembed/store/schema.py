@@ -1,0 +1,79 @@
+"""The stores' schemas, as migrations: a store records its version and applies the steps after it on open."""
+
+SQLITE_MIGRATIONS = [
+    """
+    CREATE TABLE documents (id TEXT PRIMARY KEY, metadata TEXT NOT NULL, updated_at REAL NOT NULL);
+    CREATE TABLE chunks (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        doc_id TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL, text TEXT NOT NULL, content_hash TEXT NOT NULL, metadata TEXT NOT NULL,
+        UNIQUE (doc_id, seq));
+    CREATE INDEX chunks_hash ON chunks(content_hash);
+    CREATE TABLE spaces (
+        name TEXT PRIMARY KEY, model_id TEXT NOT NULL, precision TEXT NOT NULL, dimension INTEGER NOT NULL,
+        model_ref TEXT NOT NULL, sparse INTEGER NOT NULL, active INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL);
+    CREATE UNIQUE INDEX spaces_one_active ON spaces(active) WHERE active = 1;
+    CREATE TABLE vectors (
+        space TEXT NOT NULL REFERENCES spaces(name) ON DELETE CASCADE,
+        chunk_id INTEGER NOT NULL REFERENCES chunks(id) ON DELETE CASCADE,
+        dense BLOB NOT NULL,
+        PRIMARY KEY (space, chunk_id)) WITHOUT ROWID;
+    CREATE INDEX vectors_chunk ON vectors(chunk_id);
+    CREATE TABLE postings (
+        space TEXT NOT NULL, token_id INTEGER NOT NULL, chunk_id INTEGER NOT NULL, weight REAL NOT NULL,
+        PRIMARY KEY (space, token_id, chunk_id),
+        FOREIGN KEY (space, chunk_id) REFERENCES vectors(space, chunk_id) ON DELETE CASCADE) WITHOUT ROWID;
+    CREATE INDEX postings_chunk ON postings(space, chunk_id);
+    CREATE TABLE checkpoints (job TEXT PRIMARY KEY, last_id INTEGER NOT NULL, done INTEGER NOT NULL,
+                              updated_at REAL NOT NULL);
+    """,
+    # 2: a space is its model, not where the model was reached: the model files' fingerprint.
+    "ALTER TABLE spaces ADD COLUMN fingerprint TEXT NOT NULL DEFAULT ''",
+    # 3: a space's state, and the exact list of what each space still lacks (written with the chunks).
+    """
+    ALTER TABLE spaces ADD COLUMN state TEXT NOT NULL DEFAULT 'filling';
+    UPDATE spaces SET state = 'active' WHERE active = 1;
+    CREATE TABLE pending (
+        space TEXT NOT NULL REFERENCES spaces(name) ON DELETE CASCADE,
+        chunk_id INTEGER NOT NULL REFERENCES chunks(id) ON DELETE CASCADE,
+        PRIMARY KEY (space, chunk_id)) WITHOUT ROWID;
+    CREATE INDEX pending_chunk ON pending(chunk_id);
+    INSERT INTO pending SELECT s.name, c.id FROM spaces s, chunks c
+        WHERE NOT EXISTS (SELECT 1 FROM vectors v WHERE v.space = s.name AND v.chunk_id = c.id)
+    """,
+]
+
+POSTGRES_MIGRATIONS = [
+    """
+    CREATE TABLE documents (id text PRIMARY KEY, metadata jsonb NOT NULL, updated_at timestamptz NOT NULL);
+    CREATE TABLE chunks (
+        id bigserial PRIMARY KEY,
+        doc_id text NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+        seq int NOT NULL, text text NOT NULL, content_hash text NOT NULL, metadata jsonb NOT NULL,
+        UNIQUE (doc_id, seq));
+    CREATE INDEX chunks_hash ON chunks(content_hash);
+    CREATE SEQUENCE vector_tables;
+    CREATE TABLE spaces (
+        name text PRIMARY KEY, model_id text NOT NULL, precision text NOT NULL, dimension int NOT NULL,
+        model_ref text NOT NULL, sparse bool NOT NULL, active bool NOT NULL DEFAULT false,
+        table_name text NOT NULL UNIQUE DEFAULT 'vec_' || nextval('vector_tables'),
+        created_at timestamptz NOT NULL DEFAULT clock_timestamp());
+    CREATE UNIQUE INDEX spaces_one_active ON spaces(active) WHERE active;
+    CREATE TABLE checkpoints (job text PRIMARY KEY, last_id bigint NOT NULL, done bigint NOT NULL,
+                              updated_at timestamptz NOT NULL);
+    """,
+    # 2: a space is its model, not where the model was reached: the model files' fingerprint.
+    "ALTER TABLE spaces ADD COLUMN fingerprint text NOT NULL DEFAULT ''",
+    # 3: a space's state, and the exact list of what each space still lacks (written with the chunks). Spaces
+    # from before are seeded by _migrate.
+    """
+    ALTER TABLE spaces ADD COLUMN state text NOT NULL DEFAULT 'filling';
+    ALTER TABLE spaces ADD COLUMN seeded bool NOT NULL DEFAULT false;
+    UPDATE spaces SET state = 'active' WHERE active;
+    CREATE TABLE pending (
+        space text NOT NULL REFERENCES spaces(name) ON DELETE CASCADE,
+        chunk_id bigint NOT NULL REFERENCES chunks(id) ON DELETE CASCADE,
+        PRIMARY KEY (space, chunk_id));
+    CREATE INDEX pending_chunk ON pending(chunk_id);
+    """,
+]
