@@ -285,7 +285,10 @@ class PostgresStore(LiveWrites, Store):
             if db.execute("SELECT active FROM spaces WHERE name = %s", (name,)).fetchone()[0]:
                 raise store_error(f"space '{name}' is the active one: activate another space before dropping it")
             db.execute(sql.SQL("DROP TABLE {}").format(table))
-            db.execute("DELETE FROM spaces WHERE name = %s", (name,))  # its pending rows cascade
+            db.execute("DELETE FROM spaces WHERE name = %s", (name,))
+            # Pending rows an insert in flight writes for this space after this are harmless: a space made again
+            # under this name lacks those chunks' vectors anyway.
+            db.execute("DELETE FROM pending WHERE space = %s", (name,))
 
         self._retrying(drop, f"drop space '{name}'")
 

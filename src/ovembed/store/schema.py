@@ -71,7 +71,7 @@ POSTGRES_MIGRATIONS = [
     ALTER TABLE spaces ADD COLUMN seeded bool NOT NULL DEFAULT false;
     UPDATE spaces SET state = 'active' WHERE active;
     CREATE TABLE pending (
-        space text NOT NULL REFERENCES spaces(name) ON DELETE CASCADE,
+        space text NOT NULL,  -- no foreign key: dropping a space must not wait for the inserts in flight
         chunk_id bigint NOT NULL REFERENCES chunks(id) ON DELETE CASCADE,
         PRIMARY KEY (space, chunk_id));
     CREATE INDEX pending_chunk ON pending(chunk_id);
