@@ -100,12 +100,14 @@ def search(query, k, mode, rerank, db, model, url, api_key, space, as_json) -> N
               "filled)")
 @click.option("--model", help="activate: the space's model, to embed what is pending (a folder, or with --url a "
               "served model). Default: where the space was made")
+@click.option("--max-catch-up", type=int, default=1000, show_default=True,
+              help="activate: embed at most this many pending chunks; more is `ovembed reembed`'s work")
 @db_option()
 @url_option(help="list: also show which model of this service makes each space; activate: the service that embeds "
             "what is pending")
 @api_key_option()
 @json_option()
-def spaces(action, name, force, model, db, url, api_key, as_json) -> None:
+def spaces(action, name, force, model, max_catch_up, db, url, api_key, as_json) -> None:
     """List the store's spaces, ACTIVATE one (switch search over, or roll back), or DROP one. NAME is a space's
     name or its model's (hub id, short name), as the server accepts them. Activation first embeds the chunks
     still pending in the space (ingested since it was filled) with its model, the last of them inside the switch."""
@@ -117,7 +119,7 @@ def spaces(action, name, force, model, db, url, api_key, as_json) -> None:
         if action == "activate":
             space = store.find_space(name)
             compute = None
-            if not force and store.has_pending(space.name):
+            if not force and 0 < store.space(space.name).pending <= max_catch_up:  # more: activate says so
                 from ovembed.embedders import make_embedder
 
                 embedder = make_embedder(model, service_url(url, model), api_key, space=space)
@@ -125,7 +127,7 @@ def spaces(action, name, force, model, db, url, api_key, as_json) -> None:
                     raise usage(f"--model makes {embedder.space.describe()} vectors, not those of space "
                                       f"'{space.name}' ({space.describe()}): pass that space's model")
                 compute = embedder.vectors
-            store.activate(space.name, force=force, compute=compute)
+            store.activate(space.name, force=force, compute=compute, max_catch_up=max_catch_up)
             click.echo(f"active space: {space.name}")
         elif action == "drop":
             name = store.find_space(name).name

@@ -203,13 +203,18 @@ class Store(ABC):
     def active_space(self) -> Space | None:
         return next((s.space for s in self.spaces() if s.active), None)
 
-    def activate(self, name: str, force: bool = False, compute: Callable[[list[Chunk]], list[VectorRow]] | None = None
-                 ) -> None:
+    def activate(self, name: str, force: bool = False, compute: Callable[[list[Chunk]], list[VectorRow]] | None = None,
+                 max_catch_up: int | None = None) -> None:
         """Make `name` the one active space (the previous one becomes retained). With `compute` (the space's
         model), the chunks still pending are embedded first, and the last few inside the switch's transaction,
         which holds new chunk inserts back: the space is complete at the instant it becomes active. Without it,
-        an incomplete space is refused unless forced."""
+        an incomplete space is refused unless forced; so is one with more than `max_catch_up` chunks pending
+        (a migration's work belongs to the resumable `reembed`, not to one activation)."""
         status = self.space(name)
+        if not force and max_catch_up is not None and status.pending > max_catch_up:
+            raise store_error(f"space '{name}' is incomplete: {status.pending} chunks have no vector yet, more than "
+                              f"activation catches up ({max_catch_up}); fill it with `ovembed reembed --space {name} "
+                              "--to MODEL` (resumable) first, then activate")
         if not status.seeded:
             self.sweep(name)
         if compute is not None:

@@ -253,7 +253,9 @@ def test_spaces_cli_lists_activates_and_drops(tmp_path, shared_data, minilm_int8
     assert [(s["name"], s["active"], s["complete"]) for s in spaces] == [("minilm-int8", True, True)]
     with open_store(db) as store:
         store.create_space(LocalEmbedder(tiny_m3_fp32).space)
-    proc = _cli("spaces", "activate", "tiny-m3-fp32", "--db", db)
+    proc = _cli("spaces", "activate", "tiny-m3-fp32", "--db", db, "--max-catch-up", "10")  # a whole migration
+    assert proc.returncode == 2 and "incomplete" in proc.stderr and "ovembed reembed" in proc.stderr
+    proc = _cli("spaces", "activate", "tiny-m3-fp32", "--db", db, "--max-catch-up", "0")  # no model: no catch-up
     assert proc.returncode == 2 and "incomplete" in proc.stderr
     proc = _cli("reembed", "--to", str(tiny_m3_fp32), "--from", "minilm-int8", "--db", db, "--activate", "--json")
     assert proc.returncode == 0 and json.loads(proc.stdout)["activated"] is True
