@@ -45,6 +45,11 @@ def seeded(url: str, docs: int = 12) -> list[int]:
         return ids
 
 
+def fill(store, space: Space) -> None:
+    """Write every missing vector of `space` (with the stand-in model), through the contract's oldest calls."""
+    store.put_vectors(space.name, vectors_for(space)(store.chunks_after(0, 10**6, missing_in=space.name)))
+
+
 def all_ids(store) -> list[int]:
     return [c.id for c in store.chunks_after(0, 10**6)]
 
@@ -73,17 +78,19 @@ class LateIngest(threading.Thread):
 def test_chunks_committed_late_below_ids_already_read_are_embedded_and_block_activation(postgres_db, tiny_embedder):
     url = postgres_db
     seeded(url)
+    reembed(url, tiny_embedder, batch=8, progress=False)  # the new space exists and is complete: this run resumes
     late = [LateIngest(url, f"late-{i}") for i in range(3)]
     for writer in late:
         writer.start()
         assert writer.inserted.wait(30)
     with open_store(url) as store:
-        store.upsert_document("after", [ChunkInput("committed at once, above the late ids")])
+        *_, above = store.upsert_document("after", [ChunkInput(f"committed at once, above the late ids {i}")
+                                                    for i in range(6)])
     job: dict = {}
     runner = threading.Thread(target=lambda: job.update(stats=reembed(url, tiny_embedder, batch=2, progress=False)))
     runner.start()
-    time.sleep(1.5)  # the job has read past the late ids; now they commit, out of id order
-    for i in (2, 0, 1):
+    _wait_for_vector(url, tiny_embedder.space.name, above)  # the job has read past the late ids
+    for i in (2, 0, 1):  # now they commit, out of id order
         late[i].commit()
         time.sleep(0.2)
     runner.join(120)
@@ -92,9 +99,22 @@ def test_chunks_committed_late_below_ids_already_read_are_embedded_and_block_act
     with open_store(url) as store:
         ids = all_ids(store)
         assert set(store.get_dense(target, ids)) == set(ids)  # every chunk, the late ones included
-        assert not store.has_pending(target) and store.space(target).complete
+        assert store.space(target).complete
         store.activate(target)
     print(f"\nlate commits: first run wrote {job['stats'].written}, the rerun {rerun.written} of {len(ids)} chunks")
+
+
+def _wait_for_vector(url: str, space: str, chunk_id: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    with open_store(url) as store:
+        while time.monotonic() < deadline:
+            try:
+                if store.get_dense(space, [chunk_id]):
+                    return
+            except OvembedError:
+                pass  # the job has not made the space yet
+            time.sleep(0.05)
+    raise AssertionError(f"chunk {chunk_id} got no vector in {space} within {timeout} s")
 
 
 def test_an_incomplete_space_is_never_activated_and_the_switch_catches_up(store_url):
@@ -102,10 +122,10 @@ def test_an_incomplete_space_is_never_activated_and_the_switch_catches_up(store_
     new = Space("new", "test/new-model", "fp32", 6, "models/new")
     with open_store(store_url) as store:
         store.create_space(new)
-        store.fill_pending("new", vectors_for(new))
+        fill(store, new)
         store.upsert_document("doc-0", [ChunkInput("changed text")])  # re-ingested with the old model
         store.fill_missing("old", vectors_for(OLD), chunk_ids=all_ids(store))
-        with pytest.raises(OvembedError, match="1 chunks have no vector yet"):
+        with pytest.raises(OvembedError, match="incomplete: 1 .*chunks have no vector yet"):
             store.activate("new")
         assert store.active_space().name == "old"
         store.activate("new", compute=vectors_for(new))
@@ -166,7 +186,7 @@ def test_concurrent_index_builds_do_not_fail(postgres_db):
     new = Space("new", "test/new-model", "fp32", 6, "models/new")
     with open_store(url) as store:
         store.create_space(new)
-        store.fill_pending("new", vectors_for(new))
+        fill(store, new)
     stores = [open_store(url) for _ in range(2)]
     errors: list[BaseException] = []
     gate = threading.Barrier(2)
@@ -194,7 +214,7 @@ def test_drop_cannot_remove_a_space_activated_between_its_check_and_its_delete(t
     new = Space("new", "test/new-model", "fp32", 6, "models/new")
     with open_store(url) as dropper, open_store(url) as activator:
         dropper.create_space(new)
-        dropper.fill_pending("new", vectors_for(new))
+        fill(dropper, new)
         fired = []
 
         def activate_first(statement: str) -> None:  # an activation lands just as the drop's transaction begins
