@@ -207,11 +207,18 @@ def chunk_spans(text: str, offsets: list[tuple[int, int]], chunk_tokens: int, ov
     chunks, start = [], 0
     while True:
         end = min(start + chunk_tokens, len(offsets))
-        chunks.append(text[offsets[start][0] : offsets[end - 1][1]])
+        if piece := text[offsets[start][0] : offsets[end - 1][1]].strip():
+            chunks.append(piece)
         if end == len(offsets):
             return chunks
         nxt = start + step
         # Start the next window at a word's first token, not inside a word split into sub-words.
-        while nxt > start + 1 and offsets[nxt][0] > 0 and not text[offsets[nxt][0] - 1].isspace():
+        while nxt > start + 1 and not _word_start(text, offsets[nxt][0]):
             nxt -= 1
         start = nxt
+
+
+def _word_start(text: str, offset: int) -> bool:
+    """Whether a token at `offset` begins a word: after whitespace (WordPiece, BPE), or on the whitespace itself
+    (SentencePiece's Metaspace, as XLM-R and BGE-M3 tokenize, counts a word's leading space in its first token)."""
+    return offset == 0 or text[offset - 1].isspace() or text[offset].isspace()
