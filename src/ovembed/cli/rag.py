@@ -118,15 +118,7 @@ def spaces(action, name, force, model, max_catch_up, db, url, api_key, as_json) 
     with open_store(db, create=False) as store:
         if action == "activate":
             space = store.find_space(name)
-            compute = None
-            if not force and 0 < store.space(space.name).pending <= max_catch_up:  # more: activate says so
-                from ovembed.embedders import make_embedder
-
-                embedder = make_embedder(model, service_url(url, model), api_key, space=space)
-                if not embedder.space.same_model(space):  # another model's vectors must never enter this space
-                    raise usage(f"--model makes {embedder.space.describe()} vectors, not those of space "
-                                      f"'{space.name}' ({space.describe()}): pass that space's model")
-                compute = embedder.vectors
+            compute = None if force else _catch_up(space, model, service_url(url, model), api_key)
             store.activate(space.name, force=force, compute=compute, max_catch_up=max_catch_up)
             click.echo(f"active space: {space.name}")
         elif action == "drop":
@@ -149,6 +141,25 @@ def spaces(action, name, force, model, max_catch_up, db, url, api_key, as_json) 
         click.echo(f"{'*' if s.active else ' '} {s.space.name:30s} {s.space.model_id:40s} {s.space.dimension:>5}d "
                    f"{s.state:8s} {s.vectors}/{s.chunks} "
                    f"{'complete' if s.complete else f'{s.pending} pending'}{where}")
+
+
+def _catch_up(space, model: str | None, url: str | None, api_key: str | None):
+    """Activation's catch-up: embeds with the space's model, loaded (or reached) on the first call only, so a
+    space with nothing pending needs no model at all."""
+    embedder = None
+
+    def compute(chunks):
+        nonlocal embedder
+        if embedder is None:
+            from ovembed.embedders import make_embedder
+
+            embedder = make_embedder(model, url, api_key, space=space)
+            if not embedder.space.same_model(space):  # another model's vectors must never enter this space
+                raise usage(f"--model makes {embedder.space.describe()} vectors, not those of space "
+                            f"'{space.name}' ({space.describe()}): pass that space's model")
+        return embedder.vectors(chunks)
+
+    return compute
 
 
 def _served_by(url: str, api_key: str | None, spaces: list) -> dict[str, str]:

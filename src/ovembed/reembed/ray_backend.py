@@ -9,6 +9,7 @@ database reachable; SQLite works on one machine, its lock queuing the actors' wr
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -124,8 +125,8 @@ def reembed_ray(db: str, target: str, batch: int = 256, activate: bool = False, 
         with store.reembed_lease(space.name):
             converge(store, space.name, one_pass, threading.Event())
             # What ingest adds before the switch is embedded inside it, by a model loaded only if needed.
-            activated = finish_job(store, space.name, activate,
-                                   lambda chunks: embedder_for(target, api_key, url).vectors(chunks))
+            model = functools.cache(lambda: embedder_for(target, api_key, url))
+            activated = finish_job(store, space.name, activate, lambda chunks: model().vectors(chunks))
         return ReembedStats(space.name, begin.chunks, totals["written"], totals["reused"], begin.already,
                             round(time.perf_counter() - clock, 3), activated)
     except Exception as exc:

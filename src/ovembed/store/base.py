@@ -217,7 +217,7 @@ class Store(ABC):
                               "--to MODEL` (resumable) first, then activate")
         if not status.seeded:
             self.sweep(name)
-        if status.space.name != getattr(self.active_space(), "name", None):
+        if not status.active:
             self.build_index(name)  # outside the switch: it can take minutes and must not hold ingestion
         if compute is not None:
             self.fill_pending(name, compute)  # after the index: what arrives meanwhile is left for the switch

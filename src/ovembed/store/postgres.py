@@ -272,7 +272,6 @@ class PostgresStore(LiveWrites, Store):
                     self._write(db, definition, table, compute(chunks))
                 elif not force:
                     raise self._incomplete(name, len(chunks))
-            self._index(db, table)  # no-op: activate built it before taking the lock
             # Off first, then on: the partial unique index allows one active row after every statement.
             db.execute("UPDATE spaces SET active = false, state = 'retained' WHERE active AND name <> %s", (name,))
             db.execute("UPDATE spaces SET active = true, state = 'active' WHERE name = %s", (name,))
