@@ -88,6 +88,8 @@ class Manifest:
     tool_versions: dict[str, str] = field(default_factory=dict)
     source_folder: str | None = None  # the local folder it was converted from (None: the hub); `source` may be its id
     recipe: str | None = None  # how the precision was applied (convert.quantize.RECIPES); None: not recorded
+    # int8: the step that made it (convert/adapt.py), its INT8 and float linear layers, and every step tried
+    quantization: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     @property

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ovembed.convert import export, verify
+from ovembed.convert import adapt, export, verify
 from ovembed.convert import quantize as recipes
 from ovembed.convert.synthetic import builtin_texts
 from ovembed.convert.target import default_output
@@ -84,13 +84,9 @@ def run_quantize(
         staging.mkdir(parents=True)
     try:
         manifest, failures = _build(source, staging, output, precision, calibration,
-                                    thresholds or verify.GateThresholds())
+                                    thresholds or verify.GateThresholds(), adapt_to_gate=gate)
         if failures and gate:
-            raise OvembedError(
-                ErrorKind.GATE_FAILED,
-                f"{model_id} at {precision} failed the accuracy gate ({'; '.join(failures)}); "
-                f"nothing was written to {output}. Try --precision int8-weights, or --no-gate to keep it anyway.",
-            )
+            raise OvembedError(ErrorKind.GATE_FAILED, gate_failure(model_id, precision, manifest, failures, output))
         with _writing(output):
             _publish(staging, output)
     finally:
@@ -98,42 +94,88 @@ def run_quantize(
     return manifest, output, failures
 
 
+# After a precision fails the gate: what to try next (never the precision that just failed).
+NEXT_PRECISION = {
+    "int8": "--precision fp16 (`make serve PRECISION=fp16`)",
+    "int8-weights": "--precision int8, which adapts to outlier channels (`make serve PRECISION=int8`), or fp16",
+    "fp16": "--precision fp32 (`make serve PRECISION=fp32`)",
+    "fp32": "nothing: fp32 should match PyTorch, so this is a conversion bug; please report it with the manifest",
+}
+
+
+def gate_failure(model_id: str, precision: str, manifest: Manifest, failures: list[str], output: Path) -> str:
+    """The gate's refusal: what was tried, with its figures, and the next thing to try."""
+    tried = manifest.quantization.get("tried", [])
+    steps = "; ".join(
+        f"{t['step']}{_step_detail(t)}: dense cosine mean {t['dense_cosine_mean']:.4f}, min {t['dense_cosine_min']:.4f}"
+        for t in tried)
+    return (f"{model_id} at {precision} failed the accuracy gate ({'; '.join(failures)}); "
+            f"tried {len(tried)} way{'s' if len(tried) != 1 else ''} ({steps}). Nothing was written to {output}. "
+            f"Next: {NEXT_PRECISION[precision]}; or --no-gate to keep the plain {precision} model anyway.")
+
+
+def _step_detail(tried: dict) -> str:
+    if "smooth_quant_alpha" in tried:
+        return f" (alpha {tried['smooth_quant_alpha']})"
+    if "float_layers" in tried:
+        return f" ({len(tried['float_layers'])} of {tried['linear_layers']} linear layers float)"
+    return ""
+
+
 def _build(source: export.SourceModel, staging: Path, output: Path, precision: str, calibration: Path | None,
-           thresholds: verify.GateThresholds) -> tuple[Manifest, list[str]]:
+           thresholds: verify.GateThresholds, adapt_to_gate: bool = True) -> tuple[Manifest, list[str]]:
+    """Without `adapt_to_gate` (--no-gate) only the precision's plain recipe is made and kept."""
     log(f"loading {source.model_id} ({source.layout} layout, {source.pooling} pooling) with PyTorch")
     encoder = export.load_encoder(source)
     with _writing(output):
         tokenizer_info = export.copy_tokenizer(source, staging)
-    tables = _convert(source, encoder, staging, output, precision, calibration)
+    log(f"exporting to OpenVINO (max length {source.max_length})")
+    fp32_model = export.export_openvino(encoder, source.max_length)
+    fp32_table = export.token_table(encoder)
+    tables = recipes.quantize_table(fp32_table, precision)
     manifest = _describe(source, encoder, tables, tokenizer_info, precision)
-    written = [p for p in sorted(staging.iterdir()) if p.name != MANIFEST_NAME]
-    manifest.files = {p.name: sha256_file(p) for p in written}
-    manifest.sizes = {p.name: p.stat().st_size for p in written}
-    with _writing(output):
-        manifest.write(staging)
-    failures = _verify(encoder, staging, manifest, thresholds)
-    with _writing(output):
-        manifest.write(staging)
+    gate = _Gate(encoder, staging, manifest, thresholds)
+    tried: list[dict] = []
+    fp32_tables = {TOKEN_TABLE: fp32_table}
+    for candidate in _candidates(source, staging, fp32_model, fp32_tables, tables, precision, calibration, thresholds):
+        with _writing(output):
+            recipes.save(candidate.model, tables, staging, precision)
+        manifest.quantization = adapt.describe(candidate, encoder)
+        written = [p for p in sorted(staging.iterdir()) if p.name != MANIFEST_NAME]
+        manifest.files = {p.name: sha256_file(p) for p in written}
+        manifest.sizes = {p.name: p.stat().st_size for p in written}
+        with _writing(output):
+            manifest.write(staging)
+        failures = gate.check()
+        tried.append({**{k: v for k, v in manifest.quantization.items() if k != "int8_weight_only_layers"},
+                      **_figures(manifest.verification), "passed": not failures})
+        manifest.quantization["tried"] = tried
+        with _writing(output):
+            manifest.write(staging)
+        if not failures or not adapt_to_gate:
+            break
     return manifest, failures
 
 
-def _convert(source: export.SourceModel, encoder: export.EncoderGraph, staging: Path, output: Path,
-             precision: str, calibration: Path | None) -> dict[str, np.ndarray]:
-    """Export to OpenVINO, apply the precision recipe and save graph and token table; returns the tables."""
-    log(f"exporting to OpenVINO (max length {source.max_length})")
-    ov_model = export.export_openvino(encoder, source.max_length)
-    tables = recipes.quantize_table(export.token_table(encoder), precision)
-    calibration_ids: list[list[int]] = []
-    if precision == "int8":
-        tokenizer = TextTokenizer(staging, min(source.max_length, CALIBRATION_MAX_TOKENS))
-        calibration_ids = tokenizer.encode(calibration_texts(calibration))
-        log(f"quantizing: NNCF static INT8 (weights + activations), {len(calibration_ids)} calibration texts")
-    elif precision == "int8-weights":
-        log("quantizing: NNCF weight-only INT8 (asymmetric, per channel)")
-    ov_model = recipes.compress(ov_model, precision, tables, calibration_ids)
-    with _writing(output):
-        recipes.save(ov_model, tables, staging, precision)
-    return tables
+def _candidates(source: export.SourceModel, staging: Path, fp32_model, fp32_tables: dict[str, np.ndarray],
+                tables: dict[str, np.ndarray],
+                precision: str, calibration: Path | None, thresholds: verify.GateThresholds):
+    """The models to try, best first: several for int8 (convert/adapt.py), one for the other precisions."""
+    if precision != "int8":
+        if precision == "int8-weights":
+            log("quantizing: NNCF weight-only INT8 (asymmetric, per channel)")
+        yield adapt.Candidate(precision, recipes.compress(fp32_model, precision, tables, []))
+        return
+    tokenizer = TextTokenizer(staging, min(source.max_length, CALIBRATION_MAX_TOKENS))
+    calibration_ids = tokenizer.encode(calibration_texts(calibration))
+    log(f"quantizing: NNCF static INT8 (weights + activations), {len(calibration_ids)} calibration texts")
+    validator = adapt.Validator(fp32_model, fp32_tables, tables, tokenizer.encode(builtin_texts("validation.txt")),
+                                thresholds.dense_cosine_mean, thresholds.dense_cosine_min)
+    yield from adapt.candidates(fp32_model, tables, calibration_ids, validator, log)
+
+
+def _figures(report: dict) -> dict:
+    return {k: v for k, v in report.items() if k.startswith(("dense_cosine", "sparse_cosine", "colbert_cosine"))}
 
 
 def _describe(source: export.SourceModel, encoder: export.EncoderGraph, tables: dict[str, np.ndarray],
@@ -163,27 +205,35 @@ def _describe(source: export.SourceModel, encoder: export.EncoderGraph, tables: 
     )
 
 
-def _verify(encoder: export.EncoderGraph, staging: Path, manifest: Manifest,
-            thresholds: verify.GateThresholds) -> list[str]:
-    """Compare the staged model with the fp32 PyTorch reference; the report goes into the manifest."""
-    log("verifying against the fp32 PyTorch reference")
-    texts = builtin_texts("verification.txt")
-    candidate = EmbeddingModel(staging, check_files=False)
-    ids = candidate.tokenize(texts)
-    reference = verify.reference_embeddings(
-        encoder, ids, manifest.special_token_ids, progress=lambda it: tqdm(it, desc="reference", leave=False)
-    )
-    names = manifest.outputs
-    result = candidate.embed(texts, dense=True, sparse="sparse" in names, colbert="colbert" in names)
-    report = verify.agreement(reference, result)
-    failures = verify.gate_failures(report, thresholds)
-    report["gate"] = {
-        "dense_cosine_mean_min": thresholds.dense_cosine_mean,
-        "dense_cosine_min_min": thresholds.dense_cosine_min,
-        "passed": not failures,
-    }
-    manifest.verification = report
-    return failures
+class _Gate:
+    """The accuracy gate: the staged model against the fp32 PyTorch reference (computed once); the report goes into
+    the manifest."""
+
+    def __init__(self, encoder: export.EncoderGraph, staging: Path, manifest: Manifest,
+                 thresholds: verify.GateThresholds):
+        self.encoder, self.staging, self.manifest, self.thresholds = encoder, staging, manifest, thresholds
+        self.texts = builtin_texts("verification.txt")
+        self.reference = None
+
+    def check(self) -> list[str]:
+        log("verifying against the fp32 PyTorch reference")
+        candidate = EmbeddingModel(self.staging, check_files=False)
+        if self.reference is None:
+            self.reference = verify.reference_embeddings(
+                self.encoder, candidate.tokenize(self.texts), self.manifest.special_token_ids,
+                progress=lambda it: tqdm(it, desc="reference", leave=False))
+        names = self.manifest.outputs
+        result = candidate.embed(self.texts, dense=True, sparse="sparse" in names, colbert="colbert" in names)
+        del candidate
+        report = verify.agreement(self.reference, result)
+        failures = verify.gate_failures(report, self.thresholds)
+        report["gate"] = {
+            "dense_cosine_mean_min": self.thresholds.dense_cosine_mean,
+            "dense_cosine_min_min": self.thresholds.dense_cosine_min,
+            "passed": not failures,
+        }
+        self.manifest.verification = report
+        return failures
 
 
 @contextmanager

@@ -37,8 +37,12 @@ RECIPES = {"int8": "nncf static int8, mixed preset, attention float", "int8-weig
 UNRECORDED_RECIPES = {**RECIPES, "int8": "nncf static int8, mixed preset, attention int8"}
 
 
-def compress(ov_model, precision: str, tables: dict[str, np.ndarray], calibration_ids: list[list[int]]):
-    """Apply the precision recipe to the fp32 OpenVINO model (calibration texts as token ids)."""
+def compress(ov_model, precision: str, tables: dict[str, np.ndarray], calibration_ids: list[list[int]],
+             smooth_quant: float | None = None, float_types: list[str] = ()):
+    """Apply the precision recipe to the fp32 OpenVINO model (calibration texts as token ids).
+
+    For static int8, `smooth_quant` sets NNCF's SmoothQuant alpha for MatMuls (None: NNCF's default, 0.95) and
+    `float_types` names more op types to leave float (convert/adapt.py uses both)."""
     import nncf
 
     if precision == "int8-weights":
@@ -50,15 +54,44 @@ def compress(ov_model, precision: str, tables: dict[str, np.ndarray], calibratio
         # CPUs without int8 dot products (AVX2) and computes every head's full length x length score matrix,
         # ~22 GB for one 8192-token BGE-M3 text; float, it runs as one fused, tiled kernel everywhere
         # (figures: docs/reliability.md#5-memory-and-how-to-size-a-machine).
-        return nncf.quantize(
-            ov_model,
-            nncf.Dataset(calibration_ids, lambda ids: _feed(tables, ids)),
-            model_type=nncf.ModelType.TRANSFORMER,
-            preset=nncf.QuantizationPreset.MIXED,
-            subset_size=len(calibration_ids),
-            ignored_scope=nncf.IgnoredScope(types=[FLOAT_OPS], validate=False),
-        )
+        return nncf.quantize(ov_model, **_static_int8(tables, calibration_ids, smooth_quant, float_types))
     return ov_model
+
+
+def compress_with_accuracy_control(ov_model, tables: dict[str, np.ndarray], calibration_ids: list[list[int]],
+                                   validator, max_drop: float, float_types: list[str] = ()):
+    """Static int8 whose most sensitive MatMuls NNCF returns to float, one at a time, until `validator`'s metric
+    (convert/adapt.py Validator, on texts apart from the calibration ones) drops by at most `max_drop`.
+
+    SmoothQuant stays off here: NNCF reverts a layer's weights to the originals but keeps SmoothQuant's scaling of
+    its input, which leaves a reverted layer wrong (measured: every layer reverted, dense cosine min 0.06)."""
+    import nncf
+
+    args = _static_int8(tables, calibration_ids, -1.0, float_types)
+    return nncf.quantize_with_accuracy_control(
+        ov_model, args["calibration_dataset"], nncf.Dataset(list(range(len(validator.ids)))),
+        validator.nncf_validation_fn, max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE,
+        preset=args["preset"], subset_size=args["subset_size"], model_type=args["model_type"],
+        ignored_scope=args["ignored_scope"], advanced_quantization_parameters=args["advanced_parameters"],
+    )
+
+
+def _static_int8(tables: dict[str, np.ndarray], calibration_ids: list[list[int]], smooth_quant: float | None,
+                 float_types) -> dict:
+    import nncf
+
+    advanced = None
+    if smooth_quant is not None:
+        advanced = nncf.AdvancedQuantizationParameters(
+            smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=smooth_quant))
+    return dict(
+        calibration_dataset=nncf.Dataset(calibration_ids, lambda ids: _feed(tables, ids)),
+        model_type=nncf.ModelType.TRANSFORMER,
+        preset=nncf.QuantizationPreset.MIXED,
+        subset_size=len(calibration_ids),
+        ignored_scope=nncf.IgnoredScope(types=[FLOAT_OPS, *float_types], validate=False),
+        advanced_parameters=advanced,
+    )
 
 
 def save(ov_model, tables: dict[str, np.ndarray], folder: Path, precision: str) -> None:

@@ -79,3 +79,35 @@ def build_m3_layout_model(folder: str | Path, seed: int = 0, colbert_dim: int | 
     torch.save(colbert.state_dict(), folder / "colbert_linear.pt")
     torch.save(sparse.state_dict(), folder / "sparse_linear.pt")
     return folder
+
+
+# Outlier channels, as RoBERTa-family encoders carry them (Kovaleva et al. 2021, "BERT Busters: Outlier Dimensions
+# that Disrupt Transformers"; Dettmers et al. 2022, LLM.int8(); Xiao et al. 2023, SmoothQuant): a few hidden
+# dimensions, the same in every layer, whose LayerNorm scale and bias are tens of times the rest, so their
+# activations dwarf the others' and set any per-tensor INT8 scale.
+OUTLIER_STRENGTHS = {"mild": (30.0, 8.0), "strong": (80.0, 20.0)}
+
+
+def inject_outliers(source: str | Path, folder: str | Path, channels: int = 3, scale: float = 80.0,
+                    shift: float = 20.0, seed: int = 0) -> list[int]:
+    """Copy the model folder `source` to `folder` with outlier channels: in every layer's post-FFN LayerNorm
+    (`encoder.layer[i].output.LayerNorm`), `channels` dimensions get weight x `scale` and bias + `shift`.
+    Returns the channels. The result is a different model; its own fp32 is the reference to compare with."""
+    import shutil
+
+    import numpy as np
+    import torch
+    from transformers import AutoModel
+
+    source, folder = Path(source), Path(folder)
+    shutil.copytree(source, folder, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("*.safetensors", "pytorch_model.bin", ".git*"))
+    model = AutoModel.from_pretrained(source).eval()
+    picked = sorted(np.random.default_rng(seed).choice(model.config.hidden_size, channels, replace=False).tolist())
+    with torch.no_grad():
+        for layer in model.encoder.layer:
+            norm = layer.output.LayerNorm
+            norm.weight[picked] *= scale
+            norm.bias[picked] += shift
+    model.save_pretrained(folder, safe_serialization=True)
+    return picked

@@ -1,0 +1,176 @@
+"""`--precision int8` that adapts to outlier channels instead of failing the accuracy gate.
+
+RoBERTa-family encoders carry a few hidden dimensions tens of times larger than the rest (see
+convert/synthetic.py OUTLIER_STRENGTHS). A per-tensor INT8 activation scale is then set by them and the other
+channels lose their precision. The candidates below are tried in order, each only if the one before failed the
+gate (pipeline.py checks each against fp32 PyTorch on the verification texts):
+
+1. static int8: the plain recipe (quantize.compress). Models without outliers stop here, unchanged.
+2. smoothquant: NNCF's SmoothQuant, its alpha chosen per model on the validation texts, with the in-graph
+   embedding lookups (positions, token types) left float.
+3. accuracy control: `nncf.quantize_with_accuracy_control` returns the most sensitive MatMuls to float until the
+   gate's dense cosine, on the validation texts, holds with a margin.
+4. int8 weights: weight-only INT8 with float parts in f32 (the manifest says int8; the engine runs int8 models'
+   float parts in f32), for when activations cannot be quantized at all.
+
+Calibration, validation (choosing among candidates) and verification (the gate) use three separate text sets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ovembed.convert import quantize as recipes
+
+SMOOTH_QUANT_ALPHAS = (0.5, 0.65, 0.8, 0.9)
+# The accuracy-controlled step aims this far inside the gate, since it is tuned on other texts than the gate's.
+MARGIN = 0.75
+# Embedding lookups inside the graph (position and token-type tables): float in the adapted steps.
+LOOKUP_OPS = "Gather"
+
+
+@dataclass
+class Candidate:
+    step: str  # static int8 | smoothquant | accuracy control | int8 weights
+    model: object  # openvino.Model
+    detail: dict = field(default_factory=dict)
+
+
+def gate_metric(cosines, mean_min: float, min_min: float) -> float:
+    """One number that is >= mean_min exactly when the gate's two conditions hold (mean >= mean_min and
+    min >= min_min): the lowest cosine's shortfall is scaled onto the mean's."""
+    cosines = np.asarray(cosines, dtype=np.float64)
+    scale = max(1.0 - mean_min, 0.0) / (1.0 - min_min) if min_min < 1.0 else 1.0
+    return float(min(cosines.mean(), 1.0 - (1.0 - cosines.min()) * scale))
+
+
+class Validator:
+    """Scores a candidate graph on the validation texts: dense cosine to the fp32 graph, as the gate does."""
+
+    def __init__(self, fp32_model, fp32_tables: dict[str, np.ndarray], tables: dict[str, np.ndarray],
+                 ids: list[list[int]], mean_min: float, min_min: float):
+        """The reference is the fp32 graph with the fp32 vocabulary table; candidates run with `tables`, the
+        table the model folder stores (int8 rows for int8), so its error counts too."""
+        import openvino as ov
+
+        self.core = ov.Core()
+        self.ids, self.mean_min, self.min_min = ids, mean_min, min_min
+        self.tables = fp32_tables
+        self.reference = self._dense(self.core.compile_model(fp32_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}))
+        self.tables = tables
+
+    def _dense(self, compiled) -> np.ndarray:
+        rows = [np.asarray(compiled(recipes._feed(self.tables, row))[0][0], dtype=np.float64) for row in self.ids]
+        dense = np.stack(rows)
+        return dense / np.maximum(np.linalg.norm(dense, axis=1, keepdims=True), 1e-12)
+
+    def cosines(self, compiled) -> np.ndarray:
+        return np.sum(self._dense(compiled) * self.reference, axis=1)
+
+    def score(self, model) -> float:
+        compiled = self.core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        return gate_metric(self.cosines(compiled), self.mean_min, self.min_min)
+
+    def nncf_validation_fn(self, compiled, items) -> tuple[float, list[float]]:
+        """`validation_fn` for nncf.quantize_with_accuracy_control; items are indices into the validation texts."""
+        indices = list(items)
+        saved, self.ids = self.ids, [self.ids[i] for i in indices]
+        reference, self.reference = self.reference, self.reference[indices]
+        try:
+            cos = self.cosines(compiled)
+        finally:
+            self.ids, self.reference = saved, reference
+        return gate_metric(cos, self.mean_min, self.min_min), [float(c) for c in cos]
+
+
+def candidates(fp32_model, tables: dict[str, np.ndarray], calibration_ids: list[list[int]], validator: Validator,
+               log: Callable[[str], None]) -> Iterator[Candidate]:
+    """The int8 candidates in order of preference; each is built only when asked for (the previous one failed)."""
+    yield Candidate("static int8", recipes.compress(fp32_model.clone(), "int8", tables, calibration_ids))
+
+    log(f"static INT8 failed the gate: trying SmoothQuant alphas {', '.join(map(str, SMOOTH_QUANT_ALPHAS))} "
+        "on the validation texts")
+    scored = []
+    for alpha in SMOOTH_QUANT_ALPHAS:
+        model = recipes.compress(fp32_model.clone(), "int8", tables, calibration_ids, smooth_quant=alpha,
+                                 float_types=[LOOKUP_OPS])
+        scored.append((validator.score(model), alpha, model))
+        log(f"  alpha {alpha}: validation score {scored[-1][0]:.4f} (gate: {validator.mean_min})")
+    score, alpha, model = max(scored, key=lambda s: s[0])
+    del scored
+    yield Candidate("smoothquant", model, {"smooth_quant_alpha": alpha, "validation_score": round(score, 6)})
+
+    log("SmoothQuant failed the gate: trying NNCF accuracy control (sensitive MatMuls back to float)")
+    model = recipes.compress_with_accuracy_control(
+        fp32_model.clone(), tables, calibration_ids, validator,
+        max_drop=max(1.0 - validator.mean_min, 0.0) * MARGIN, float_types=[LOOKUP_OPS])
+    yield Candidate("accuracy control", model, {"validation_score": round(validator.score(model), 6)})
+
+    log("accuracy control failed the gate: trying weight-only INT8 with f32 float parts")
+    yield Candidate("int8 weights", recipes.compress(fp32_model.clone(), "int8-weights", tables, []))
+
+
+def describe(candidate: Candidate, encoder) -> dict:
+    """The manifest's `quantization` record: the step that made the model and which of its linear layers compute
+    in INT8 (an activation quantizer on their input), keep only INT8 weights, or stayed float."""
+    names = _linear_call_order(encoder)
+    int8, weights_only, floating = [], [], []
+    for op in candidate.model.get_ops():
+        if op.get_type_name() != "MatMul" or not _has_constant_weight(op):
+            continue
+        name = _layer_name(op.get_friendly_name(), names)
+        inputs = [port.get_source_output().get_node().get_type_name() for port in op.inputs()]
+        if "FakeQuantize" in inputs:
+            int8.append(name)
+        elif _weight_is_int8(op):
+            weights_only.append(name)
+        else:
+            floating.append(name)
+    total = len(int8) + len(weights_only) + len(floating)
+    return {"step": candidate.step, **candidate.detail, "linear_layers": total, "int8_layers": len(int8),
+            "int8_weight_only_layers": len(weights_only), "float_layers": sorted(floating)}
+
+
+def _linear_call_order(encoder) -> list[str]:
+    """The encoder's nn.Linear modules in the order forward() calls them, which is the order torch.export names
+    their MatMuls (linear, linear_1, ...)."""
+    import torch
+
+    order: list[str] = []
+    hooks = [module.register_forward_hook(lambda *_, name=name: order.append(name))
+             for name, module in encoder.named_modules() if isinstance(module, torch.nn.Linear)]
+    try:
+        hidden = encoder.backbone.config.hidden_size
+        with torch.no_grad():
+            encoder(torch.zeros(1, 4, hidden), torch.ones(1, 4, dtype=torch.int64))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return order
+
+
+def _layer_name(friendly: str, order: list[str]) -> str:
+    stem = friendly.split("/", 1)[0]  # linear_14/aten.linear.default/MatMul
+    base, _, index = stem.rpartition("_")
+    position = int(index) if base == "linear" and index.isdigit() else 0 if stem == "linear" else None
+    return order[position] if position is not None and position < len(order) else friendly
+
+
+def _constant_source(port):
+    """The Constant behind a MatMul input through decompression ops (Convert, Subtract, Multiply, Reshape)."""
+    node = port.get_source_output().get_node()
+    while node.get_type_name() in ("Convert", "Subtract", "Multiply", "Reshape", "Transpose", "FakeQuantize"):
+        node = node.input_value(0).get_node()
+    return node if node.get_type_name() == "Constant" else None
+
+
+def _has_constant_weight(op) -> bool:
+    return _constant_source(op.inputs()[1]) is not None
+
+
+def _weight_is_int8(op) -> bool:
+    constant = _constant_source(op.inputs()[1])
+    return constant is not None and constant.get_output_element_type(0).get_type_name() in ("i8", "u8")
