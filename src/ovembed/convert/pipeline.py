@@ -139,7 +139,8 @@ def _build(source: export.SourceModel, staging: Path, output: Path, precision: s
     fp32_tables = {TOKEN_TABLE: fp32_table}
     for candidate in _candidates(source, staging, fp32_model, fp32_tables, tables, precision, calibration, thresholds):
         with _writing(output):
-            recipes.save(candidate.model, tables, staging, precision)
+            recipes.save(candidate.model, candidate.tables or tables, staging, precision)
+        manifest.token_table_dtype = str((candidate.tables or tables)[TOKEN_TABLE].dtype)
         manifest.quantization = adapt.describe(candidate, encoder)
         written = [p for p in sorted(staging.iterdir()) if p.name != MANIFEST_NAME]
         manifest.files = {p.name: sha256_file(p) for p in written}
@@ -169,9 +170,9 @@ def _candidates(source: export.SourceModel, staging: Path, fp32_model, fp32_tabl
     tokenizer = TextTokenizer(staging, min(source.max_length, CALIBRATION_MAX_TOKENS))
     calibration_ids = tokenizer.encode(calibration_texts(calibration))
     log(f"quantizing: NNCF static INT8 (weights + activations), {len(calibration_ids)} calibration texts")
-    validator = adapt.Validator(fp32_model, fp32_tables, tables, tokenizer.encode(builtin_texts("validation.txt")),
+    validator = adapt.Validator(fp32_model, fp32_tables, tokenizer.encode(builtin_texts("validation.txt")),
                                 thresholds.dense_cosine_mean, thresholds.dense_cosine_min)
-    yield from adapt.candidates(fp32_model, tables, calibration_ids, validator, log)
+    yield from adapt.candidates(fp32_model, fp32_tables[TOKEN_TABLE], calibration_ids, validator, log)
 
 
 def _figures(report: dict) -> dict:

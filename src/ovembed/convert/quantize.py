@@ -98,6 +98,8 @@ def save(ov_model, tables: dict[str, np.ndarray], folder: Path, precision: str) 
     import openvino as ov
 
     ov.save_model(ov_model, str(folder / MODEL_XML), compress_to_fp16=precision == "fp16")
+    for name in {TOKEN_TABLE, TOKEN_TABLE_SCALES} - tables.keys():
+        (folder / name).unlink(missing_ok=True)  # a float table replacing an int8 one leaves no scales behind
     for name, array in tables.items():
         np.save(folder / name, array)
 
