@@ -102,3 +102,24 @@ def test_the_manifest_names_each_linear_layer_as_pytorch_does_and_says_how_it_co
     assert record["int8_layers"] == 0 and set(record["float_layers"]) == modules
     weights = describe(Candidate("int8 weights", recipes.compress(fp32.clone(), "int8-weights", tables, [])), encoder)
     assert weights["int8_weight_only_layers"] == 14 and weights["float_layers"] == []
+
+
+@pytest.mark.slow
+def test_minilm_with_outliers_fails_plain_int8_and_quantize_adapts_until_it_passes(minilm_source, tmp_path):
+    """The issue's fixture (x 80 / + 20 on three channels): plain static INT8 misses the gate, the adapted model
+    passes it, most linear layers still INT8, and the engine loads the folder as it is."""
+    from ovembed import load_model
+    from ovembed.convert.pipeline import run_quantize
+    from ovembed.convert.synthetic import inject_outliers
+
+    inject_outliers(minilm_source, tmp_path / "src", channels=3, scale=80, shift=20, seed=OUTLIER_SEED)
+    manifest, folder, failures = run_quantize(str(tmp_path / "src"), output=tmp_path / "int8", precision="int8",
+                                              model_id="sentence-transformers/all-MiniLM-L6-v2")
+    q = manifest.quantization
+    assert failures == [] and manifest.verification["gate"]["passed"] is True
+    assert q["tried"][0]["step"] == "static int8" and q["tried"][0]["passed"] is False, q["tried"][0]
+    assert q["step"] != "static int8" and q["tried"][-1]["passed"] is True
+    assert q["int8_layers"] >= 0.8 * q["linear_layers"], q
+    assert len(q["float_layers"]) == q["linear_layers"] - q["int8_layers"] - q["int8_weight_only_layers"]
+    model = load_model(folder)
+    assert model.manifest.precision == "int8" and model.embed(["an outlier check"]).dense.shape == (1, 384)
