@@ -20,12 +20,14 @@ Calibration, validation (choosing among candidates) and verification (the gate) 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ovembed.convert import quantize as recipes
+from ovembed.manifest import TOKEN_TABLE
 
 SMOOTH_QUANT_ALPHAS = (0.5, 0.65, 0.8, 0.9, 0.95)
 # The accuracy-controlled step aims this far inside the gate, since it is tuned on other texts than the gate's.
@@ -36,9 +38,9 @@ LOOKUP_OPS = "Gather"
 
 @dataclass
 class Candidate:
-    step: str  # static int8 | smoothquant | accuracy control | int8 weights
+    step: str  # static int8 | smoothquant | accuracy control | int8 weights | the precision's name
     model: object  # openvino.Model
-    tables: dict | None = None  # the vocabulary table to store with it (None: the precision's own)
+    tables: dict[str, np.ndarray]  # the vocabulary table stored with it
     detail: dict = field(default_factory=dict)
 
 
@@ -51,87 +53,88 @@ def gate_metric(cosines, mean_min: float, min_min: float) -> float:
 
 
 class Validator:
-    """Scores a candidate graph on the validation texts: dense cosine to the fp32 graph, as the gate does."""
+    """Scores a candidate graph on the validation texts: dense cosine to the fp32 graph with the fp32 vocabulary
+    table, as the gate does. A candidate runs with the table it will be stored with, so that table's error counts."""
 
-    def __init__(self, fp32_model, fp32_tables: dict[str, np.ndarray], ids: list[list[int]], mean_min: float,
-                 min_min: float):
-        """The reference is the fp32 graph with the fp32 vocabulary table; candidates run with `tables`, the
-        table the candidate will be stored with, so its error counts too."""
+    def __init__(self, fp32_model, fp32_table: np.ndarray, ids: list[list[int]], mean_min: float, min_min: float):
         import openvino as ov
 
         self.core = ov.Core()
         self.ids, self.mean_min, self.min_min = ids, mean_min, min_min
-        self.tables = fp32_tables
-        self.reference = self._dense(self.core.compile_model(fp32_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}))
+        self.reference = self._dense(self._compile(fp32_model), {TOKEN_TABLE: fp32_table}, range(len(ids)))
 
-    def _dense(self, compiled) -> np.ndarray:
-        rows = [np.asarray(compiled(recipes._feed(self.tables, row))[0][0], dtype=np.float64) for row in self.ids]
+    def _compile(self, model):
+        return self.core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+
+    def _dense(self, compiled, tables: dict[str, np.ndarray], indices) -> np.ndarray:
+        rows = [np.asarray(compiled(recipes._feed(tables, self.ids[i]))[0][0], dtype=np.float64) for i in indices]
         dense = np.stack(rows)
         return dense / np.maximum(np.linalg.norm(dense, axis=1, keepdims=True), 1e-12)
 
-    def cosines(self, compiled) -> np.ndarray:
-        return np.sum(self._dense(compiled) * self.reference, axis=1)
+    def _cosines(self, compiled, tables: dict[str, np.ndarray], indices) -> np.ndarray:
+        indices = list(indices)
+        return np.sum(self._dense(compiled, tables, indices) * self.reference[indices], axis=1)
 
-    def score(self, model) -> float:
-        compiled = self.core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        return gate_metric(self.cosines(compiled), self.mean_min, self.min_min)
+    def score(self, model, tables: dict[str, np.ndarray]) -> float:
+        cosines = self._cosines(self._compile(model), tables, range(len(self.ids)))
+        return gate_metric(cosines, self.mean_min, self.min_min)
 
-    def nncf_validation_fn(self, compiled, items) -> tuple[float, list[float]]:
-        """`validation_fn` for nncf.quantize_with_accuracy_control; items are indices into the validation texts."""
-        indices = list(items)
-        saved, self.ids = self.ids, [self.ids[i] for i in indices]
-        reference, self.reference = self.reference, self.reference[indices]
-        try:
-            cos = self.cosines(compiled)
-        finally:
-            self.ids, self.reference = saved, reference
-        return gate_metric(cos, self.mean_min, self.min_min), [float(c) for c in cos]
+    def nncf_validation_fn(self, tables: dict[str, np.ndarray]):
+        """`validation_fn` for nncf.quantize_with_accuracy_control; its items are indices into the validation texts."""
+
+        def validate(compiled, items) -> tuple[float, list[float]]:
+            cosines = self._cosines(compiled, tables, items)
+            return gate_metric(cosines, self.mean_min, self.min_min), [float(c) for c in cosines]
+
+        return validate
 
 
 def candidates(fp32_model, fp32_table: np.ndarray, calibration_ids: list[list[int]], validator: Validator,
                log: Callable[[str], None]) -> Iterator[Candidate]:
     """The int8 candidates in order of preference; each is built only when asked for (the previous one failed)."""
     tables = recipes.quantize_table(fp32_table, "int8")
-    validator.tables = tables
-    yield Candidate("static int8", recipes.compress(fp32_model.clone(), "int8", tables, calibration_ids))
+    yield Candidate("static int8", recipes.compress(fp32_model.clone(), "int8", tables, calibration_ids), tables)
 
-    tables = validator.tables = recipes.quantize_table(fp32_table, "fp16")
-
+    tables = recipes.quantize_table(fp32_table, "fp16")
     log(f"static INT8 failed the gate: trying SmoothQuant alphas {', '.join(map(str, SMOOTH_QUANT_ALPHAS))} "
         "on the validation texts")
-    scored = []
+    best = None
     for alpha in SMOOTH_QUANT_ALPHAS:
         model = recipes.compress(fp32_model.clone(), "int8", tables, calibration_ids, smooth_quant=alpha,
                                  float_types=[LOOKUP_OPS])
-        scored.append((validator.score(model), alpha, model))
-        log(f"  alpha {alpha}: validation score {scored[-1][0]:.4f} (gate: {validator.mean_min})")
-    score, alpha, model = max(scored, key=lambda s: s[0])
-    del scored
+        score = validator.score(model, tables)
+        log(f"  alpha {alpha}: validation score {score:.4f} (gate: {validator.mean_min})")
+        if best is None or score > best[0]:
+            best = (score, alpha, model)
+    score, alpha, model = best
+    del best
     yield Candidate("smoothquant", model, tables, {"smooth_quant_alpha": alpha, "validation_score": round(score, 6)})
 
     log("SmoothQuant failed the gate: trying NNCF accuracy control (sensitive MatMuls back to float)")
     model = recipes.compress_with_accuracy_control(
-        fp32_model.clone(), tables, calibration_ids, validator,
+        fp32_model.clone(), tables, calibration_ids, validator.nncf_validation_fn(tables), len(validator.ids),
         max_drop=max(1.0 - validator.mean_min, 0.0) * MARGIN, float_types=[LOOKUP_OPS])
-    yield Candidate("accuracy control", model, tables, {"validation_score": round(validator.score(model), 6)})
+    yield Candidate("accuracy control", model, tables,
+                    {"validation_score": round(validator.score(model, tables), 6)})
 
     log("accuracy control failed the gate: trying weight-only INT8 with f32 float parts")
     yield Candidate("int8 weights", recipes.compress(fp32_model.clone(), "int8-weights", tables, []), tables)
 
 
-def describe(candidate: Candidate, encoder) -> dict:
+def describe(candidate: Candidate, layer_names: list[str]) -> dict:
     """The manifest's `quantization` record: the step that made the model and which of its linear layers compute
-    in INT8 (an activation quantizer on their input), keep only INT8 weights, or stayed float."""
-    names = _linear_call_order(encoder)
+    in INT8 (an activation quantizer on their input), keep only INT8 weights, or stayed float. `layer_names`:
+    linear_call_order(encoder)."""
     int8, weights_only, floating = [], [], []
     for op in candidate.model.get_ops():
-        if op.get_type_name() != "MatMul" or not _has_constant_weight(op):
+        weight = _constant_source(op.inputs()[1]) if op.get_type_name() == "MatMul" else None
+        if weight is None:
             continue
-        name = _layer_name(op.get_friendly_name(), names)
+        name = _layer_name(op.get_friendly_name(), layer_names)
         inputs = [port.get_source_output().get_node().get_type_name() for port in op.inputs()]
         if "FakeQuantize" in inputs:
             int8.append(name)
-        elif _weight_is_int8(op):
+        elif weight.get_output_element_type(0).get_type_name() in ("i8", "u8"):
             weights_only.append(name)
         else:
             floating.append(name)
@@ -140,7 +143,7 @@ def describe(candidate: Candidate, encoder) -> dict:
             "int8_weight_only_layers": len(weights_only), "float_layers": sorted(floating)}
 
 
-def _linear_call_order(encoder) -> list[str]:
+def linear_call_order(encoder) -> list[str]:
     """The encoder's nn.Linear modules in the order forward() calls them, which is the order torch.export names
     their MatMuls (linear, linear_1, ...)."""
     import torch
@@ -159,10 +162,10 @@ def _linear_call_order(encoder) -> list[str]:
 
 
 def _layer_name(friendly: str, order: list[str]) -> str:
-    stem = friendly.split("/", 1)[0]  # linear_14/aten.linear.default/MatMul
-    base, _, index = stem.rpartition("_")
-    position = int(index) if base == "linear" and index.isdigit() else 0 if stem == "linear" else None
-    return order[position] if position is not None and position < len(order) else friendly
+    """`linear_14/aten.linear.default/MatMul` -> the 15th Linear module called; other names as they are."""
+    match = re.fullmatch(r"linear(?:_(\d+))?", friendly.split("/", 1)[0])
+    position = int(match.group(1) or 0) if match else len(order)
+    return order[position] if position < len(order) else friendly
 
 
 def _constant_source(port):
@@ -171,12 +174,3 @@ def _constant_source(port):
     while node.get_type_name() in ("Convert", "Subtract", "Multiply", "Reshape", "Transpose", "FakeQuantize"):
         node = node.input_value(0).get_node()
     return node if node.get_type_name() == "Constant" else None
-
-
-def _has_constant_weight(op) -> bool:
-    return _constant_source(op.inputs()[1]) is not None
-
-
-def _weight_is_int8(op) -> bool:
-    constant = _constant_source(op.inputs()[1])
-    return constant is not None and constant.get_output_element_type(0).get_type_name() in ("i8", "u8")

@@ -135,21 +135,20 @@ def _build(source: export.SourceModel, staging: Path, output: Path, precision: s
     tables = recipes.quantize_table(fp32_table, precision)
     manifest = _describe(source, encoder, tables, tokenizer_info, precision)
     gate = _Gate(encoder, staging, manifest, thresholds)
+    layer_names = adapt.linear_call_order(encoder)
     tried: list[dict] = []
-    fp32_tables = {TOKEN_TABLE: fp32_table}
-    for candidate in _candidates(source, staging, fp32_model, fp32_tables, tables, precision, calibration, thresholds):
+    for candidate in _candidates(source, staging, fp32_model, fp32_table, tables, precision, calibration, thresholds):
         with _writing(output):
-            recipes.save(candidate.model, candidate.tables or tables, staging, precision)
-        manifest.token_table_dtype = str((candidate.tables or tables)[TOKEN_TABLE].dtype)
-        manifest.quantization = adapt.describe(candidate, encoder)
+            recipes.save(candidate.model, candidate.tables, staging, precision)
+        manifest.token_table_dtype = str(candidate.tables[TOKEN_TABLE].dtype)
+        manifest.quantization = adapt.describe(candidate, layer_names)
         written = [p for p in sorted(staging.iterdir()) if p.name != MANIFEST_NAME]
         manifest.files = {p.name: sha256_file(p) for p in written}
         manifest.sizes = {p.name: p.stat().st_size for p in written}
         with _writing(output):
             manifest.write(staging)
         failures = gate.check()
-        tried.append({**{k: v for k, v in manifest.quantization.items() if k != "int8_weight_only_layers"},
-                      **_figures(manifest.verification), "passed": not failures})
+        tried.append({**manifest.quantization, **_figures(manifest.verification), "passed": not failures})
         manifest.quantization["tried"] = tried
         with _writing(output):
             manifest.write(staging)
@@ -158,21 +157,21 @@ def _build(source: export.SourceModel, staging: Path, output: Path, precision: s
     return manifest, failures
 
 
-def _candidates(source: export.SourceModel, staging: Path, fp32_model, fp32_tables: dict[str, np.ndarray],
-                tables: dict[str, np.ndarray],
-                precision: str, calibration: Path | None, thresholds: verify.GateThresholds):
+def _candidates(source: export.SourceModel, staging: Path, fp32_model, fp32_table: np.ndarray,
+                tables: dict[str, np.ndarray], precision: str, calibration: Path | None,
+                thresholds: verify.GateThresholds):
     """The models to try, best first: several for int8 (convert/adapt.py), one for the other precisions."""
     if precision != "int8":
         if precision == "int8-weights":
             log("quantizing: NNCF weight-only INT8 (asymmetric, per channel)")
-        yield adapt.Candidate(precision, recipes.compress(fp32_model, precision, tables, []))
+        yield adapt.Candidate(precision, recipes.compress(fp32_model, precision, tables, []), tables)
         return
     tokenizer = TextTokenizer(staging, min(source.max_length, CALIBRATION_MAX_TOKENS))
     calibration_ids = tokenizer.encode(calibration_texts(calibration))
     log(f"quantizing: NNCF static INT8 (weights + activations), {len(calibration_ids)} calibration texts")
-    validator = adapt.Validator(fp32_model, fp32_tables, tokenizer.encode(builtin_texts("validation.txt")),
+    validator = adapt.Validator(fp32_model, fp32_table, tokenizer.encode(builtin_texts("validation.txt")),
                                 thresholds.dense_cosine_mean, thresholds.dense_cosine_min)
-    yield from adapt.candidates(fp32_model, fp32_tables[TOKEN_TABLE], calibration_ids, validator, log)
+    yield from adapt.candidates(fp32_model, fp32_table, calibration_ids, validator, log)
 
 
 def _figures(report: dict) -> dict:

@@ -54,43 +54,51 @@ def compress(ov_model, precision: str, tables: dict[str, np.ndarray], calibratio
         # CPUs without int8 dot products (AVX2) and computes every head's full length x length score matrix,
         # ~22 GB for one 8192-token BGE-M3 text; float, it runs as one fused, tiled kernel everywhere
         # (figures: docs/reliability.md#5-memory-and-how-to-size-a-machine).
-        return nncf.quantize(ov_model, **_static_int8(tables, calibration_ids, smooth_quant, float_types))
+        return nncf.quantize(ov_model, _calibration(tables, calibration_ids),
+                             advanced_parameters=_smooth_quant(smooth_quant), **_static_int8(calibration_ids, float_types))
     return ov_model
 
 
 def compress_with_accuracy_control(ov_model, tables: dict[str, np.ndarray], calibration_ids: list[list[int]],
-                                   validator, max_drop: float, float_types: list[str] = ()):
-    """Static int8 whose most sensitive MatMuls NNCF returns to float, one at a time, until `validator`'s metric
-    (convert/adapt.py Validator, on texts apart from the calibration ones) drops by at most `max_drop`.
+                                   validation_fn, validation_items: int, max_drop: float, float_types: list[str] = ()):
+    """Static int8 whose most sensitive MatMuls NNCF returns to float, one at a time, until `validation_fn`'s metric
+    (convert/adapt.py Validator, over `validation_items` texts apart from the calibration ones) drops by at most
+    `max_drop`.
 
     SmoothQuant stays off here: NNCF reverts a layer's weights to the originals but keeps SmoothQuant's scaling of
     its input, which leaves a reverted layer wrong (measured: every layer reverted, dense cosine min 0.06)."""
     import nncf
 
-    args = _static_int8(tables, calibration_ids, -1.0, float_types)
     return nncf.quantize_with_accuracy_control(
-        ov_model, args["calibration_dataset"], nncf.Dataset(list(range(len(validator.ids)))),
-        validator.nncf_validation_fn, max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE,
-        preset=args["preset"], subset_size=args["subset_size"], model_type=args["model_type"],
-        ignored_scope=args["ignored_scope"], advanced_quantization_parameters=args["advanced_parameters"],
-    )
+        ov_model, _calibration(tables, calibration_ids), nncf.Dataset(list(range(validation_items))), validation_fn,
+        max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE,
+        advanced_quantization_parameters=_smooth_quant(-1.0), **_static_int8(calibration_ids, float_types))
 
 
-def _static_int8(tables: dict[str, np.ndarray], calibration_ids: list[list[int]], smooth_quant: float | None,
-                 float_types) -> dict:
+def _calibration(tables: dict[str, np.ndarray], calibration_ids: list[list[int]]):
     import nncf
 
-    advanced = None
-    if smooth_quant is not None:
-        advanced = nncf.AdvancedQuantizationParameters(
-            smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=smooth_quant))
+    return nncf.Dataset(calibration_ids, lambda ids: _feed(tables, ids))
+
+
+def _smooth_quant(alpha: float | None):
+    """NNCF's SmoothQuant alpha for MatMuls (None: NNCF's default, 0.95; negative: off)."""
+    import nncf
+
+    if alpha is None:
+        return None
+    return nncf.AdvancedQuantizationParameters(smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=alpha))
+
+
+def _static_int8(calibration_ids: list[list[int]], float_types) -> dict:
+    """The static int8 recipe's settings that nncf.quantize and quantize_with_accuracy_control share."""
+    import nncf
+
     return dict(
-        calibration_dataset=nncf.Dataset(calibration_ids, lambda ids: _feed(tables, ids)),
         model_type=nncf.ModelType.TRANSFORMER,
         preset=nncf.QuantizationPreset.MIXED,
         subset_size=len(calibration_ids),
         ignored_scope=nncf.IgnoredScope(types=[FLOAT_OPS, *float_types], validate=False),
-        advanced_parameters=advanced,
     )
 
 
