@@ -38,6 +38,7 @@ MAX_TIMED_RUNS = 200  # per shape: bounds a run on a fast model, --seconds bound
 class EngineOptions:
     source: Path | None = None  # a Hugging Face model folder; None with bge_m3_architecture
     bge_m3_architecture: bool = False  # build and use a random-weight BGE-M3 (568M)
+    outliers: bool = False  # measure a copy of the source with outlier channels (synthetic.BENCH_OUTLIERS)
     name: str | None = None
     backends: list[str] = field(default_factory=lambda: list(DEFAULT_BACKENDS))
     cache: Path = Path(".bench")
@@ -154,14 +155,16 @@ def worker(plan: dict) -> dict:
 # --- the parent: models, plans, children ---------------------------------------------------------------
 
 
-def _ensure_openvino(source: Path, precision: str, cache: Path) -> Path:
+def _ensure_openvino(source: Path, backend: str, cache: Path) -> Path:
     from ovembed.convert.pipeline import run_quantize
 
-    folder = cache / f"{source.name}-{precision}"
+    folder = cache / f"{source.name}-{backend}"
     if not (folder / "ovembed.json").is_file():
         print(f"[bench] quantizing {source} -> {folder}", file=sys.stderr, flush=True)
-        # Random weights have no meaningful accuracy to gate; speed is what is measured here.
-        run_quantize(str(source), output=folder, precision=precision, gate=False)
+        if backend == "int8-adapted":  # int8 as `ovembed quantize` makes it: adapted until it passes the gate
+            run_quantize(str(source), output=folder, precision="int8")
+        else:  # the precision's plain recipe, gate or not: speed is what is measured here
+            run_quantize(str(source), output=folder, precision=backend, gate=False)
     return folder
 
 
@@ -200,6 +203,19 @@ def _corpus_ids(source: Path, texts: list[str]) -> list[list[int]]:
 
 
 def _source(opts: EngineOptions) -> Path:
+    source = _base_source(opts)
+    if not opts.outliers:
+        return source
+    from ovembed.convert.synthetic import BENCH_OUTLIERS, inject_outliers
+
+    copy = Path(opts.cache) / f"{source.name}-outliers"
+    if not (copy / "config.json").is_file():
+        print(f"[bench] injecting outlier channels {BENCH_OUTLIERS} into {source} -> {copy}", file=sys.stderr)
+        inject_outliers(source, copy, **BENCH_OUTLIERS)
+    return copy
+
+
+def _base_source(opts: EngineOptions) -> Path:
     if opts.bge_m3_architecture:
         from ovembed.convert.synthetic import BGE_M3_ARCHITECTURE, build_m3_layout_model
 
@@ -246,7 +262,10 @@ def run_engine(opts: EngineOptions) -> dict:
         print(f"[bench] {backend} {path} ...", file=sys.stderr, flush=True)
         results[backend] = run_child("ovembed.bench.engine:worker",
                                      {**plan, "backend": backend, "path": str(path), "long": _long_for(backend, opts)})
+    adapted = Path(opts.cache) / f"{source.name}-int8-adapted" / "ovembed.json"
     return {"machine": machine(), "name": opts.name or source.name, "source": str(source),
+            "adapted": json.loads(adapted.read_text()).get("quantization") if "int8-adapted" in results
+            and adapted.is_file() else None,
             "corpus": str(opts.corpus) if opts.corpus else None,
             "workload": {k: v for k, v in plan.items() if k != "corpus_ids"}, "labels": peers.LABELS,
             "ours": peers.OURS, "results": results, "ratios": _ratios(results), "command": opts.command}
@@ -339,4 +358,22 @@ def engine_text(report: dict) -> str:
                      "paragraphs)")
     for table in _tables(results):
         lines += ["", table]
-    return "\n".join([*lines, "", *(_ratio_lines(report["ratios"]) or ["no ratios: ours (int8) was not run or failed"])])
+    lines += ["", *(_ratio_lines(report["ratios"]) or ["no ratios: ours (int8) was not run or failed"])]
+    return "\n".join(lines + _adapted_lines(results, report.get("adapted")))
+
+
+def _adapted_lines(results: dict[str, dict], adapted: dict | None) -> list[str]:
+    """int8-adapted beside full int8: what the adaptation kept float and what it costs in speed."""
+    full, mine = results.get(peers.OURS, {}), results.get("int8-adapted", {})
+    if not adapted or "error" in full or "error" in mine or not full or not mine:
+        return []
+    line = (f"int8-adapted ({adapted['step']}: {adapted['int8_layers']} of {adapted['linear_layers']} linear layers "
+            f"INT8) against full int8:")
+    for t in mine["latency"]:
+        if t in full["latency"]:
+            line += f" 1x{t} p50 {mine['latency'][t]['p50_ms']} vs {full['latency'][t]['p50_ms']} ms;"
+    for b in mine["batch"]:
+        if b in full["batch"]:
+            share = mine["batch"][b]["texts_per_s"] / full["batch"][b]["texts_per_s"]
+            line += f" batch {b} {share:.0%} of int8's texts/s;"
+    return ["", line.rstrip(";")]

@@ -87,6 +87,9 @@ def _check_engine(options: dict) -> None:
 @bench.command(short_help="ours vs PyTorch, ONNX Runtime and OpenVINO peers: same weights, same token ids")
 @click.argument("source", required=False, type=click.Path(path_type=Path))
 @click.option("--bge-m3-architecture", is_flag=True, help="build and use a random-weight BGE-M3 (568M)")
+@click.option("--outliers", is_flag=True,
+              help="measure a copy of the model with outlier channels (add the int8-adapted backend to see what "
+                   "`ovembed quantize` makes of it)")
 @click.option("--name", help="the model's name in the report and plots (default: the folder's name)")
 @click.option("--backends", default=",".join(DEFAULT_BACKENDS), show_default=True, callback=_backend_names,
               help=f"comma-separated, from {', '.join(LABELS)}")

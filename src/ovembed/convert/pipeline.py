@@ -115,11 +115,10 @@ def gate_failure(model_id: str, precision: str, manifest: Manifest, failures: li
 
 
 def _step_detail(tried: dict) -> str:
-    if "smooth_quant_alpha" in tried:
-        return f" (alpha {tried['smooth_quant_alpha']})"
-    if "float_layers" in tried:
-        return f" ({len(tried['float_layers'])} of {tried['linear_layers']} linear layers float)"
-    return ""
+    parts = [f"alpha {tried['smooth_quant_alpha']}"] if "smooth_quant_alpha" in tried else []
+    if tried.get("float_layers"):
+        parts.append(f"{len(tried['float_layers'])} of {tried['linear_layers']} linear layers float")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _build(source: export.SourceModel, staging: Path, output: Path, precision: str, calibration: Path | None,

@@ -38,11 +38,11 @@ UNRECORDED_RECIPES = {**RECIPES, "int8": "nncf static int8, mixed preset, attent
 
 
 def compress(ov_model, precision: str, tables: dict[str, np.ndarray], calibration_ids: list[list[int]],
-             smooth_quant: float | None = None, float_types: list[str] = ()):
+             smooth_quant: float | None = None, float_types: list[str] = (), float_names: list[str] = ()):
     """Apply the precision recipe to the fp32 OpenVINO model (calibration texts as token ids).
 
     For static int8, `smooth_quant` sets NNCF's SmoothQuant alpha for MatMuls (None: NNCF's default, 0.95) and
-    `float_types` names more op types to leave float (convert/adapt.py uses both)."""
+    `float_types` / `float_names` name more op types / ops to leave float (convert/adapt.py uses them)."""
     import nncf
 
     if precision == "int8-weights":
@@ -54,8 +54,9 @@ def compress(ov_model, precision: str, tables: dict[str, np.ndarray], calibratio
         # CPUs without int8 dot products (AVX2) and computes every head's full length x length score matrix,
         # ~22 GB for one 8192-token BGE-M3 text; float, it runs as one fused, tiled kernel everywhere
         # (figures: docs/reliability.md#5-memory-and-how-to-size-a-machine).
+        settings = _static_int8(calibration_ids, float_types, float_names)
         return nncf.quantize(ov_model, _calibration(tables, calibration_ids),
-                             advanced_parameters=_smooth_quant(smooth_quant), **_static_int8(calibration_ids, float_types))
+                             advanced_parameters=_smooth_quant(smooth_quant), **settings)
     return ov_model
 
 
@@ -90,7 +91,7 @@ def _smooth_quant(alpha: float | None):
     return nncf.AdvancedQuantizationParameters(smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=alpha))
 
 
-def _static_int8(calibration_ids: list[list[int]], float_types) -> dict:
+def _static_int8(calibration_ids: list[list[int]], float_types, float_names=()) -> dict:
     """The static int8 recipe's settings that nncf.quantize and quantize_with_accuracy_control share."""
     import nncf
 
@@ -98,7 +99,7 @@ def _static_int8(calibration_ids: list[list[int]], float_types) -> dict:
         model_type=nncf.ModelType.TRANSFORMER,
         preset=nncf.QuantizationPreset.MIXED,
         subset_size=len(calibration_ids),
-        ignored_scope=nncf.IgnoredScope(types=[FLOAT_OPS, *float_types], validate=False),
+        ignored_scope=nncf.IgnoredScope(names=list(float_names), types=[FLOAT_OPS, *float_types], validate=False),
     )
 
 

@@ -100,3 +100,22 @@ def test_a_folder_without_a_model_is_refused(tmp_path):
     proc = run_cli("bench", "engine", str(tmp_path))
     assert proc.returncode == 2  # an input error, in the one mapping of kinds to exit codes (was 1 before it)
     assert "not a Hugging Face model folder" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_outliers_bench_reports_the_adapted_model_beside_full_int8(tiny_m3_source, tmp_path):
+    """`--outliers` measures a copy with synthetic.BENCH_OUTLIERS; int8-adapted is int8 as `ovembed quantize` makes
+    it, which on that copy is not the plain recipe."""
+    proc = run_bench(str(tiny_m3_source), "--outliers", "--cache", str(tmp_path), "--backends", "int8,int8-adapted",
+                     "--seconds", "0.05", "--min-runs", "3", "--latency-tokens", "16", "--batches", "1,4",
+                     "--throughput-tokens", "16", "--concurrency", "1", "--json", str(tmp_path / "bench.json"),
+                     timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["source"].endswith(f"{tiny_m3_source.name}-outliers")
+    assert all("error" not in r for r in report["results"].values()), report["results"]
+    assert report["adapted"]["step"] != "static int8" and report["adapted"]["tried"][0]["passed"] is False
+    plain = json.loads((tmp_path / f"{tiny_m3_source.name}-outliers-int8" / "ovembed.json").read_text())
+    assert plain["quantization"]["step"] == "static int8" and plain["verification"]["gate"]["passed"] is False
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("int8-adapted ("))
+    assert "against full int8: 1x16 p50" in line and "batch 4" in line and "of int8's texts/s" in line

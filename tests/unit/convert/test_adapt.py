@@ -59,7 +59,8 @@ def test_a_model_no_int8_step_can_save_fails_naming_every_step_tried_and_what_ne
     err = capsys.readouterr().err
     assert "Traceback" not in err and not out.exists() and list(tmp_path.iterdir()) == []
     message = err[err.index("failed the accuracy gate"):]
-    for step in ("static int8", "smoothquant (alpha", "accuracy control (", "int8 weights"):
+    for step in ("static int8", "smoothquant (alpha", "smoothquant, outlier layers float (alpha", "accuracy control (",
+                 "int8 weights"):
         assert step in message, message
     assert "Next: --precision fp16" in message and "--precision int8-weights" not in message
 
