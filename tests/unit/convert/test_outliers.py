@@ -76,6 +76,9 @@ def test_minilm_with_outliers_adapts_keeping_stsb_within_001_of_fp32(minilm_sour
     assert failures == [] and q["tried"][-1]["passed"] is True, q["tried"]
     assert q["int8_layers"] >= 0.8 * q["linear_layers"], q
     assert q["float_layers"] and all(name.startswith("backbone.encoder.layer.") for name in q["float_layers"])
+    # What SmoothQuant cannot fix here is the FFN's inner outliers, not the (larger) attention-context ones.
+    hardest = max(q["outlier_ratios"], key=q["outlier_ratios"].get)
+    assert hardest.endswith(".output.dense") and "attention" not in hardest, q["outlier_ratios"]
 
     with open(shared_data / "stsb_multi_mt" / "en" / "pairs.tsv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
