@@ -6,14 +6,14 @@ the gold score), one short query's p50 latency and batch-32 throughput, in-proce
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import spearmanr
 
 from ovembed import load_model
+from ovembed.quality.datasets import load_sts
+from ovembed.quality.metrics import spearman
 
 BATCHES = 30
 QUERY = "how do I reset the password of my home wifi router"
@@ -24,14 +24,12 @@ def main() -> None:
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     args = parser.parse_args()
-    with open(args.data / "stsb_multi_mt" / "en" / "pairs.tsv", newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
-    batch = [r["sentence1"] + " " + r["sentence2"] for r in rows[:32]]
+    left, right, gold = load_sts(args.data / "stsb_multi_mt" / "en")
+    batch = [a + " " + b for a, b in zip(left[:32], right[:32], strict=True)]
     for folder in args.folders:
         model = load_model(folder)
-        a = model.embed([r["sentence1"] for r in rows]).dense
-        b = model.embed([r["sentence2"] for r in rows]).dense
-        rho = spearmanr(np.sum(a * b, axis=1), [float(r["score"]) for r in rows]).statistic
+        a, b = model.embed(left).dense, model.embed(right).dense
+        rho = spearman(np.sum(a * b, axis=1), gold)
         for _ in range(5):
             model.embed([QUERY])
         latencies = []

@@ -29,6 +29,7 @@ from ovembed.bench.common import (
     time_runs,
 )
 from ovembed.errors import ErrorKind, OvembedError, validation
+from ovembed.manifest import Manifest
 
 DEFAULT_BACKENDS = ("pytorch", "onnx-fp32", "onnx-int8", "int8-weights", "int8")
 MAX_TIMED_RUNS = 200  # per shape: bounds a run on a fast model, --seconds bounds it on a slow one
@@ -155,16 +156,20 @@ def worker(plan: dict) -> dict:
 # --- the parent: models, plans, children ---------------------------------------------------------------
 
 
+# OpenVINO backend -> (precision, gate). Gate off: the precision's plain recipe, kept whatever its accuracy (speed is
+# what is measured); int8-adapted is int8 as `ovembed quantize` makes it, adapted until it passes the gate.
+OPENVINO_RECIPES = {"fp32": ("fp32", False), "int8-weights": ("int8-weights", False), "int8": ("int8", False),
+                    "int8-adapted": ("int8", True)}
+
+
 def _ensure_openvino(source: Path, backend: str, cache: Path) -> Path:
     from ovembed.convert.pipeline import run_quantize
 
     folder = cache / f"{source.name}-{backend}"
     if not (folder / "ovembed.json").is_file():
         print(f"[bench] quantizing {source} -> {folder}", file=sys.stderr, flush=True)
-        if backend == "int8-adapted":  # int8 as `ovembed quantize` makes it: adapted until it passes the gate
-            run_quantize(str(source), output=folder, precision="int8")
-        else:  # the precision's plain recipe, gate or not: speed is what is measured here
-            run_quantize(str(source), output=folder, precision=backend, gate=False)
+        precision, gate = OPENVINO_RECIPES[backend]
+        run_quantize(str(source), output=folder, precision=precision, gate=gate)
     return folder
 
 
@@ -253,6 +258,7 @@ def run_engine(opts: EngineOptions) -> dict:
     corpus_ids = _corpus_ids(source, _read_corpus(Path(opts.corpus), opts.corpus_texts)) if opts.corpus else None
     plan = _plan(opts, source, corpus_ids)
     results: dict[str, dict] = {}
+    adapted = None
     for backend in opts.backends:
         try:
             path = _backend_path(backend, source, Path(opts.cache))
@@ -262,10 +268,9 @@ def run_engine(opts: EngineOptions) -> dict:
         print(f"[bench] {backend} {path} ...", file=sys.stderr, flush=True)
         results[backend] = run_child("ovembed.bench.engine:worker",
                                      {**plan, "backend": backend, "path": str(path), "long": _long_for(backend, opts)})
-    adapted = Path(opts.cache) / f"{source.name}-int8-adapted" / "ovembed.json"
-    return {"machine": machine(), "name": opts.name or source.name, "source": str(source),
-            "adapted": json.loads(adapted.read_text()).get("quantization") if "int8-adapted" in results
-            and adapted.is_file() else None,
+        if backend == "int8-adapted":
+            adapted = Manifest.read(path).quantization
+    return {"machine": machine(), "name": opts.name or source.name, "source": str(source), "adapted": adapted,
             "corpus": str(opts.corpus) if opts.corpus else None,
             "workload": {k: v for k, v in plan.items() if k != "corpus_ids"}, "labels": peers.LABELS,
             "ours": peers.OURS, "results": results, "ratios": _ratios(results), "command": opts.command}
@@ -364,8 +369,8 @@ def engine_text(report: dict) -> str:
 
 def _adapted_lines(results: dict[str, dict], adapted: dict | None) -> list[str]:
     """int8-adapted beside full int8: what the adaptation kept float and what it costs in speed."""
-    full, mine = results.get(peers.OURS, {}), results.get("int8-adapted", {})
-    if not adapted or "error" in full or "error" in mine or not full or not mine:
+    full, mine = results.get(peers.OURS, {"error": ""}), results.get("int8-adapted", {"error": ""})
+    if not adapted or "error" in full or "error" in mine:
         return []
     line = (f"int8-adapted ({adapted['step']}: {adapted['int8_layers']} of {adapted['linear_layers']} linear layers "
             f"INT8) against full int8:")

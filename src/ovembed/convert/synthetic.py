@@ -94,12 +94,12 @@ def build_m3_layout_model(folder: str | Path, seed: int = 0, colbert_dim: int | 
 #   attention's value projection gets x scale, + shift on the picked channels and the attention output projection
 #   divides them back out (exact: attention weights sum to 1, so the context carries the same affine change). The
 #   FFN's picked intermediate channels get + 2 x shift before GELU and the output projection subtracts it; GELU is
-#   the identity that far out, so those channels become linear. That changes the embeddings (cosine 0.84-0.92 to
-#   the original on MiniLM) but not their quality (MiniLM STS-B en 0.820 -> 0.827).
+#   the identity that far out, so those channels become linear. That changes the embeddings but not their quality
+#   (MiniLM STS-B en 0.820 -> 0.827, scripts/outlier-figures.py on its fp32 conversion).
 OUTLIER_STRENGTHS = {"mild": (30.0, 8.0), "strong": (80.0, 20.0)}
 OUTLIER_SITES = ("layernorm", "projections")
-# `ovembed bench engine --outliers`: function-preserving outliers that plain static INT8 fails on (MiniLM: dense
-# cosine min 0.963; the tiny BGE-M3 layout: 0.923).
+# `ovembed bench engine --outliers`: quality-keeping outliers that plain static INT8 fails on (MiniLM: dense
+# cosine min 0.963; the tiny BGE-M3 layout: 0.923; `ovembed quantize --no-gate` on a copy prints them).
 BENCH_OUTLIERS = dict(channels=6, scale=80.0, shift=20.0, seed=1, site="projections")
 
 

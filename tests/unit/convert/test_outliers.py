@@ -7,8 +7,6 @@ Unlike the issue's LayerNorm fixture (test_adapt.py), these outliers leave the f
 
 from __future__ import annotations
 
-import csv
-
 import numpy as np
 import pytest
 
@@ -62,11 +60,12 @@ def test_projection_outliers_are_large_at_the_projection_inputs_and_attention_is
 
 @pytest.mark.slow
 def test_minilm_with_outliers_adapts_keeping_stsb_within_001_of_fp32(minilm_source, shared_data, tmp_path):
-    from scipy.stats import spearmanr
     from sentence_transformers import SentenceTransformer
 
     from ovembed import load_model
     from ovembed.convert.pipeline import run_quantize
+    from ovembed.quality.datasets import load_sts
+    from ovembed.quality.metrics import spearman
 
     inject_outliers(minilm_source, tmp_path / "src", **BENCH_OUTLIERS)
     manifest, folder, failures = run_quantize(str(tmp_path / "src"), output=tmp_path / "int8", precision="int8")
@@ -80,14 +79,11 @@ def test_minilm_with_outliers_adapts_keeping_stsb_within_001_of_fp32(minilm_sour
     hardest = max(q["outlier_ratios"], key=q["outlier_ratios"].get)
     assert hardest.endswith(".output.dense") and "attention" not in hardest, q["outlier_ratios"]
 
-    with open(shared_data / "stsb_multi_mt" / "en" / "pairs.tsv", newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
-    gold = [float(r["score"]) for r in rows]
-    left, right = [r["sentence1"] for r in rows], [r["sentence2"] for r in rows]
+    left, right, gold = load_sts(shared_data / "stsb_multi_mt" / "en")
     fp32 = SentenceTransformer(str(tmp_path / "src"), device="cpu")
-    rho_fp32 = spearmanr(_cosines(fp32.encode(left), fp32.encode(right)), gold).statistic
+    rho_fp32 = spearman(_cosines(fp32.encode(left), fp32.encode(right)), gold)
     model = load_model(folder)
-    rho_int8 = spearmanr(_cosines(model.embed(left).dense, model.embed(right).dense), gold).statistic
+    rho_int8 = spearman(_cosines(model.embed(left).dense, model.embed(right).dense), gold)
     assert rho_fp32 > 0.8  # the outliers did not spoil the model itself
     assert abs(rho_int8 - rho_fp32) <= 0.01, (rho_int8, rho_fp32)
 
