@@ -175,9 +175,9 @@ def outlier_ranking(fp32_model, tables: dict[str, np.ndarray], ids: list[list[in
     import openvino as ov
 
     model = fp32_model.clone()
-    matmuls = [op for op in model.get_ops()
-               if op.get_type_name() == "MatMul" and _constant_source(op.inputs()[1]) is not None]
-    sources = [op.input_value(0) for op in matmuls]
+    weighted = [(op, _constant_source(op.inputs()[1])) for op in model.get_ops() if op.get_type_name() == "MatMul"]
+    weighted = [(op, weight) for op, weight in weighted if weight is not None]
+    sources = [op.input_value(0) for op, _ in weighted]
     model.add_outputs(sources)  # Q, K and V read one input: it becomes one output
     port = [result.input_value(0) for result in model.get_results()]
     where = {(o.get_node().get_friendly_name(), o.get_index()): i for i, o in enumerate(port)}
@@ -191,15 +191,15 @@ def outlier_ranking(fp32_model, tables: dict[str, np.ndarray], ids: list[list[in
             values = x.reshape(-1, x.shape[-1]).max(axis=0)
             peaks[slot] = np.maximum(peaks[slot], values) if slot in peaks else values
     ranking = []
-    for op, slot in zip(matmuls, slots, strict=True):
-        product = peaks[slot] * _input_channel_max(op)
+    for (op, weight), slot in zip(weighted, slots, strict=True):
+        product = peaks[slot] * _input_channel_max(op, weight)
         ranking.append((op.get_friendly_name(), float(product.max() / max(float(np.median(product)), 1e-12))))
     return sorted(ranking, key=lambda item: -item[1])
 
 
-def _input_channel_max(matmul) -> np.ndarray:
-    """max |W[:, j]| per input channel j of a MatMul's constant weight (fp32 graph)."""
-    weight = np.abs(_constant_source(matmul.inputs()[1]).get_data().astype(np.float32))
+def _input_channel_max(matmul, constant) -> np.ndarray:
+    """max |W[:, j]| per input channel j of a MatMul's constant weight `constant` (fp32 graph)."""
+    weight = np.abs(constant.get_data().astype(np.float32))
     weight = weight.reshape(-1, weight.shape[-1]) if weight.ndim > 2 else weight
     # x @ W^T (transpose_b, PyTorch's Linear) reads W's last axis as input channels; x @ W its first
     return weight.max(axis=0) if matmul.get_attributes().get("transpose_b") else weight.max(axis=1)
