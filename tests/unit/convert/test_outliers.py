@@ -22,6 +22,7 @@ TEXTS = ["What is BGE-M3?", "BGE-M3 is a multilingual embedding model with dense
 COLBERT_MIN = 0.95
 SPARSE_MEAN = 0.95
 SPARSE_MIN = 0.8
+SPARSE_TIE = 0.05
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -119,7 +120,9 @@ def test_tiny_bge_m3_with_outliers_adapts_and_its_three_outputs_match_flagembedd
         keys = sorted(expected.keys() | actual.keys())
         a, b = np.array([expected.get(k, 0.0) for k in keys]), np.array([actual.get(k, 0.0) for k in keys])
         sparse.append(_cosines(a[None], b[None])[0])
-        assert max(actual, key=actual.get) == max(expected, key=expected.get), (expected, actual)
+        # Our heaviest token is FlagEmbedding's, up to near-ties (the tokenizer and the weights are random: two
+        # tokens 0.004 apart swapped places in one run of five).
+        assert expected.get(max(actual, key=actual.get), 0.0) >= max(expected.values()) - SPARSE_TIE, (expected, actual)
         assert colbert.shape == ref_colbert.shape
         assert _cosines(ref_colbert, colbert).min() >= COLBERT_MIN
     assert min(sparse) >= SPARSE_MIN and np.mean(sparse) >= SPARSE_MEAN, sparse
