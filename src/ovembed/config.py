@@ -71,3 +71,45 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+
+class StoreSettings(BaseSettings):
+    """How a store indexes and searches (env OVEMBED_STORE_*), read once where a store is opened. The defaults
+    keep recall@10 >= 0.95 at 1M x 1024 (docs/benchmarks.md, `ovembed bench store`)."""
+
+    model_config = SettingsConfigDict(env_prefix="OVEMBED_STORE_", extra="ignore")
+
+    # --- PostgreSQL + pgvector --------------------------------------------------------------------
+    # The dense index: HNSW over `dense::halfvec` (half the size of `vector`, exact re-scoring from the stored
+    # float32 vectors), or over its binary quantization (`bit`, ~1/20 of `vector`) with a re-ranked shortlist.
+    pg_index: Literal["halfvec", "binary"] = "halfvec"
+    hnsw_m: int = Field(16, ge=2, le=100)
+    hnsw_ef_construction: int = Field(64, ge=4, le=1000)
+    hnsw_ef_search: int = Field(100, ge=1, le=1000)  # raised to 4 k for larger k
+    rerank_factor: int = Field(4, ge=1, le=100)  # binary index: candidates re-scored exactly per result
+    # Index builds: maintenance_work_mem sized from the row count up to this cap, and parallel workers.
+    index_memory_max_mb: int = Field(4096, ge=64)
+    index_workers: int = Field(2, ge=0, le=64)
+    pool_min: int = Field(1, ge=0)
+    pool_max: int = Field(8, ge=1)
+    # --- SQLite ------------------------------------------------------------------------------------
+    # Dense search past ann_min_vectors vectors per space: a usearch HNSW index file per space beside the
+    # database (memory-mapped, shared by every process), candidates re-scored exactly from the stored vectors.
+    ann: Literal["auto", "exact"] = "auto"
+    ann_min_vectors: int = Field(20_000, ge=0)
+    ann_dtype: Literal["i8", "f16", "f32"] = "i8"
+    ann_connectivity: int = Field(16, ge=2, le=128)
+    ann_expansion_add: int = Field(128, ge=8)
+    ann_expansion_search: int = Field(128, ge=8)
+    ann_candidates: int = Field(10, ge=1)  # candidates re-scored per result wanted
+    # Vectors written after the index file was built are searched exactly in memory; past this many the index
+    # is rebuilt (once, by whichever process notices first).
+    ann_delta_max: int = Field(50_000, ge=100)
+    # Lexical search reads each query token's postings heaviest first, `sparse_page` at a time (doubling), until
+    # no unread chunk can enter the top k, or `sparse_max_rows` were read; then at most `sparse_shortlist` chunks
+    # that still could are re-scored exactly.
+    sparse_page: int = Field(1000, ge=10)
+    sparse_max_rows: int = Field(200_000, ge=100)
+    sparse_shortlist: int = Field(1000, ge=10)
+    # SQLite is tested up to this many chunks; past it ingest warns and points to PostgreSQL.
+    sqlite_tested_chunks: int = Field(2_000_000, ge=1)

@@ -128,6 +128,10 @@ class Store(ABC):
         """Keyset page of the chunks waiting for a vector in `space` (pending rows), id > after_id, by id."""
 
     @abstractmethod
+    def pending_ids(self, space: str, after_id: int, limit: int) -> list[int]:
+        """Keyset page of the ids (only) of the chunks waiting for a vector in `space`, id > after_id, by id."""
+
+    @abstractmethod
     def has_pending(self, space: str) -> bool:
         """Whether any chunk waits for a vector in `space`: one index probe, never a count."""
 

@@ -1,11 +1,13 @@
-"""SQLite backend: one file, WAL mode; vectors as float32 blobs searched exactly with NumPy, lexical
-weights in a postings table searched with SQL. One writer at a time (BEGIN IMMEDIATE), so a chunk insert, its
-pending rows and a space's creation or activation never interleave."""
+"""SQLite backend: one file, WAL mode; vectors as float32 blobs, searched exactly in memory or, past ~20k per
+space, through an HNSW index file per space (sqlite_ann); lexical weights in impact-ordered postings
+(sqlite_sparse). One writer at a time (BEGIN IMMEDIATE), so a chunk insert, its pending rows and a space's
+creation or activation never interleave."""
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ovembed.config import StoreSettings
 from ovembed.engine.outputs import SparseVector
 from ovembed.errors import ErrorKind, OvembedError
 from ovembed.store.base import (
@@ -31,24 +34,30 @@ from ovembed.store.base import (
     store_error,
 )
 from ovembed.store.schema import SQLITE_MIGRATIONS as MIGRATIONS
+from ovembed.store.schema import statements
+from ovembed.store.sqlite_ann import DenseIndex, remove_files, space_key
+from ovembed.store.sqlite_sparse import search_sparse
 
+log = logging.getLogger("ovembed.store")
 SPACE_COLUMNS = "name, model_id, precision, dimension, model_ref, sparse, fingerprint"
 
 
 class SQLiteStore(Store):
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, settings: StoreSettings | None = None):
+        self.settings = settings or StoreSettings()
         self.path = Path(path).expanduser()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
             self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA foreign_keys=ON")
             self.conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, never corrupt
-            self._migrate()
+            self._migrate()  # foreign keys off: a step may rebuild a table others refer to
+            self.conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.DatabaseError as exc:
             raise OvembedError(ErrorKind.UNAVAILABLE, f"cannot open SQLite database {self.path}: {exc}") from None
         self._lock = threading.RLock()
-        self._dense_cache: dict[str, tuple[tuple[int, int], np.ndarray, np.ndarray]] = {}
+        self._dense: dict[str, DenseIndex] = {}
+        self._warned = False
         self._own_writes = 0
 
     @contextmanager
@@ -71,7 +80,7 @@ class SQLiteStore(Store):
             row = self.conn.execute("SELECT version FROM schema_version").fetchone()
             version = row[0] if row else 0
             for step in MIGRATIONS[version:]:
-                for statement in filter(str.strip, step.split(";")):
+                for statement in statements(step):
                     self.conn.execute(statement)
             if row is None:
                 self.conn.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
@@ -96,7 +105,17 @@ class SQLiteStore(Store):
                 ids.append(cur.lastrowid)
             # Every space waits for these chunks: the ingest fills its own, reembed or activation the others.
             db.execute("INSERT INTO pending SELECT s.name, c.id FROM spaces s JOIN chunks c ON c.doc_id = ?", (doc_id,))
-            return ids
+        if ids and ids[-1] > self.settings.sqlite_tested_chunks and not self._warned:
+            self._warn_past_tested_size()  # ids only grow: counting is needed only once they pass the bound
+        return ids
+
+    def _warn_past_tested_size(self) -> None:
+        chunks = self.count_chunks()
+        if chunks > self.settings.sqlite_tested_chunks:
+            self._warned = True
+            log.warning("%s holds %d chunks, more than SQLite is tested with (%d): search latency and memory grow "
+                        "past the figures in docs/benchmarks.md; move to PostgreSQL + pgvector (ovembed ingest --db "
+                        "postgresql://..., see docs/scaling.md)", self.path, chunks, self.settings.sqlite_tested_chunks)
 
     def delete_document(self, doc_id: str) -> None:
         with self._tx() as db:
@@ -129,6 +148,12 @@ class SQLiteStore(Store):
                 "SELECT c.* FROM pending p JOIN chunks c ON c.id = p.chunk_id WHERE p.space = ? AND p.chunk_id > ? "
                 "ORDER BY p.chunk_id LIMIT ?", (space, after_id, limit)).fetchall()
         return [_chunk(r) for r in rows]
+
+    def pending_ids(self, space: str, after_id: int, limit: int) -> list[int]:
+        with self._lock:
+            rows = self.conn.execute("SELECT chunk_id FROM pending WHERE space = ? AND chunk_id > ? ORDER BY chunk_id "
+                                     "LIMIT ?", (space, after_id, limit)).fetchall()
+        return [i for (i,) in rows]
 
     def has_pending(self, space: str) -> bool:
         with self._lock:
@@ -236,8 +261,10 @@ class SQLiteStore(Store):
                 raise store_error(f"space '{name}' is the active one: activate another space before dropping it")
             db.execute("DELETE FROM postings WHERE space = ?", (name,))
             db.execute("DELETE FROM vectors WHERE space = ?", (name,))
+            key = db.execute("SELECT created_at FROM spaces WHERE name = ?", (name,)).fetchone()[0]
             db.execute("DELETE FROM spaces WHERE name = ?", (name,))
-        self._dense_cache.pop(name, None)
+        self._dense.pop(name, None)
+        remove_files(self.path, space_key(name, key))
 
     # --- vectors -----------------------------------------------------------------------------------
     def put_vectors(self, space: str, rows: list[VectorRow]) -> int:
@@ -254,12 +281,14 @@ class SQLiteStore(Store):
             marks = ",".join("?" * len(part))
             existing.update(i for (i,) in db.execute(f"SELECT id FROM chunks WHERE id IN ({marks})", part))
         rows = [r for r in rows if r.chunk_id in existing]
-        db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
+        if definition.sparse:  # before the vectors: a replaced row's postings would otherwise outlive it
+            db.executemany("DELETE FROM postings WHERE space = ? AND chunk_id = ?", [(space, r.chunk_id) for r in rows])
+        # REPLACE gives a rewritten vector a new seq, so every process's search reads it as new.
+        db.executemany("INSERT OR REPLACE INTO vectors (space, chunk_id, dense) VALUES (?, ?, ?)",
                        [(space, r.chunk_id, np.asarray(r.dense, "<f4").tobytes()) for r in rows])
         if definition.sparse:
-            db.executemany("DELETE FROM postings WHERE space = ? AND chunk_id = ?", [(space, r.chunk_id) for r in rows])
-            db.executemany("INSERT INTO postings VALUES (?, ?, ?, ?)", [
-                (space, int(t), r.chunk_id, float(w))
+            db.executemany("INSERT INTO postings (space, chunk_id, token_id, weight) VALUES (?, ?, ?, ?)", [
+                (space, r.chunk_id, int(t), float(w))
                 for r in rows if r.sparse for t, w in zip(r.sparse["indices"], r.sparse["values"], strict=True)
             ])
         db.executemany("DELETE FROM pending WHERE space = ? AND chunk_id = ?", [(space, r.chunk_id) for r in rows])
@@ -281,48 +310,48 @@ class SQLiteStore(Store):
                     out[chunk_id] = np.frombuffer(blob, "<f4").copy()
         return out
 
-    def _matrix(self, space: str) -> tuple[np.ndarray, np.ndarray]:
-        """All of a space's vectors as (ids, matrix), cached until this or another connection writes."""
+    def _index(self, space: str) -> DenseIndex:
+        """The space's dense index in this process, brought up to date (only this space's new writes are read)."""
         with self._lock:
-            version = (self.conn.execute("PRAGMA data_version").fetchone()[0], self._own_writes)
-            cached = self._dense_cache.get(space)
-            if cached and cached[0] == version:
-                return cached[1], cached[2]
-            rows = self.conn.execute("SELECT chunk_id, dense FROM vectors WHERE space = ? ORDER BY chunk_id",
-                                     (space,)).fetchall()
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        dim = self._definition(space).dimension
-        matrix = np.frombuffer(b"".join(r[1] for r in rows), "<f4").reshape(len(rows), dim)
-        self._dense_cache[space] = (version, ids, matrix)
-        return ids, matrix
+            key, dim = self.conn.execute("SELECT created_at, dimension FROM spaces WHERE name = ?", (space,)).fetchone()
+            key = space_key(space, key)
+            index = self._dense.get(space)
+            if index is None or index.key != key:
+                index = self._dense[space] = DenseIndex(self.path, key, space, dim, self.settings)
+            index.refresh(self.conn, (self.conn.execute("PRAGMA data_version").fetchone()[0], self._own_writes))
+            return index
 
     def search_dense(self, space: str, query: np.ndarray, k: int) -> list[Hit]:
         dim = self._definition(space).dimension
         query = np.asarray(query, np.float32)
         if query.shape != (dim,):
             raise store_error(f"space '{space}' holds {dim}-dim vectors; the query has shape {query.shape}")
-        ids, matrix = self._matrix(space)
-        if len(ids) == 0 or k <= 0:
+        if k <= 0:
             return []
-        scores = matrix @ query
-        top = np.argpartition(-scores, min(k, len(scores)) - 1)[:k]
-        top = top[np.lexsort((ids[top], -scores[top]))]
-        return [Hit(int(ids[i]), float(scores[i])) for i in top]
+        with self._lock:
+            ids, scores = self._index(space).candidates(query, k)
+            if scores is None:  # candidates of the index file: their exact scores, deleted chunks left out
+                stored = self.get_dense(space, ids.tolist())
+                ids = np.fromiter(stored, np.int64, len(stored))
+                scores = np.stack(list(stored.values())) @ query if stored else np.zeros(0, np.float32)
+        order = np.lexsort((ids, -scores))[:k]
+        return [Hit(int(ids[i]), float(scores[i])) for i in order]
+
+    def build_index(self, space: str) -> None:
+        """Write the space's index file when it is large enough to want one (activation and reembed call this)."""
+        with self._lock:
+            index = self._index(space)
+            count = self.conn.execute("SELECT count(*) FROM vectors WHERE space = ?", (space,)).fetchone()[0]
+        if self.settings.ann != "exact" and count >= max(1, self.settings.ann_min_vectors):
+            index.build(wait=True)
 
     def search_sparse(self, space: str, query: SparseVector, k: int) -> list[Hit]:
         self._definition(space)
         if not query["indices"] or k <= 0:
             return []
-        values = ",".join("(?, ?)" for _ in query["indices"])
-        params = [x for pair in zip(query["indices"], query["values"], strict=True) for x in pair]
         with self._lock:
-            rows = self.conn.execute(
-                f"WITH q(token_id, w) AS (VALUES {values}) "
-                "SELECT p.chunk_id, SUM(p.weight * q.w) AS s FROM postings p JOIN q ON p.token_id = q.token_id "
-                "WHERE p.space = ? GROUP BY p.chunk_id HAVING s > 0 ORDER BY s DESC, p.chunk_id LIMIT ?",
-                [*params, space, k],
-            ).fetchall()
-        return [Hit(int(i), float(s)) for i, s in rows]
+            return search_sparse(self.conn, space, query, k, self.settings.sparse_page, self.settings.sparse_max_rows,
+                                 self.settings.sparse_shortlist)
 
     @contextmanager
     def space_lock(self, space: str):

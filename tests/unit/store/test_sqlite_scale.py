@@ -1,0 +1,184 @@
+"""SQLite at scale, in small: the per-space HNSW index file (usearch) with exact re-scoring, incremental per-space
+refresh, index files shared between processes, impact-ordered sparse search, storage near the raw size and the
+warning past the tested size. Thresholds are lowered so a few thousand vectors take the large-store paths."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from ovembed.bench.store_data import (
+    corpus_vectors,
+    exact_dense_top,
+    exact_sparse_top,
+    query_vectors,
+    sparse_corpus,
+    sparse_queries,
+    sparse_row,
+)
+from ovembed.config import StoreSettings
+from ovembed.store import ChunkInput, Space, VectorRow, open_store
+from ovembed.store.sqlite_ann import index_folder, list_files
+
+N, DIM = 3000, 64
+SMALL = StoreSettings(ann_min_vectors=1000, ann_delta_max=300, ann_candidates=10)
+
+
+def _fill(store, space: str, vectors: np.ndarray, sparse=None, doc: str = "doc") -> np.ndarray:
+    ids = []
+    for start in range(0, len(vectors), 1000):
+        part = range(start, min(start + 1000, len(vectors)))
+        ids += store.upsert_document(f"{doc}-{start}", [ChunkInput(f"chunk {i}") for i in part])
+    store.put_vectors(space, [VectorRow(ids[i], vectors[i], sparse_row(sparse, i) if sparse else None)
+                              for i in range(len(vectors))])
+    return np.asarray(ids, np.int64)
+
+
+@pytest.fixture
+def indexed(tmp_path):
+    """A store whose active space has an index file: N vectors, filled beside an active space, then activated."""
+    store = open_store(str(tmp_path / "store.db"), settings=SMALL)
+    store.create_space(Space("old", "placeholder", "fp32", DIM))
+    store.create_space(Space("new", "random", "fp32", DIM))
+    vectors = corpus_vectors(N, DIM, seed=1, topics=50)
+    ids = _fill(store, "new", vectors)
+    store.activate("new", force=True)
+    yield store, vectors, ids
+    store.close()
+
+
+def _recall(store, space, vectors, ids, queries, k=10) -> float:
+    exact = exact_dense_top(vectors, ids, queries, k)
+    return float(np.mean([len({h.chunk_id for h in store.search_dense(space, q, k)} & e) / k
+                          for q, e in zip(queries, exact)]))
+
+
+def test_a_large_space_is_searched_through_its_index_file_with_exact_scores(indexed, tmp_path):
+    store, vectors, ids = indexed
+    assert len(list_files(index_folder(store.path), store._index("new").key)) == 1
+    assert store._index("new").in_memory == 0  # everything is in the file; nothing held in memory
+    queries = query_vectors(vectors, 50, seed=2)
+    assert _recall(store, "new", vectors, ids, queries) >= 0.95
+    hits = store.search_dense("new", queries[0], 5)
+    by_id = dict(zip(ids.tolist(), vectors))
+    for hit in hits:  # re-scored from the stored float32 vectors, not the index's int8 ones
+        assert hit.score == pytest.approx(float(by_id[hit.chunk_id] @ queries[0]), abs=1e-6)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_writes_to_another_space_are_not_read_and_new_writes_are_read_alone(indexed, tmp_path):
+    store, vectors, ids = indexed
+    query = query_vectors(vectors, 1, seed=3)[0]
+    store.search_dense("new", query, 10)
+    statements: list[str] = []
+    store.conn.set_trace_callback(statements.append)
+    with open_store(str(store.path), settings=SMALL) as writer:  # another connection, as another process would
+        other = _fill(writer, "old", corpus_vectors(200, DIM, seed=4), doc="other")
+    store.search_dense("new", query, 10)
+    reads = [s for s in statements if "seq >" in s]
+    assert reads == [], "a write to another space made this one read vectors again"
+    # A vector written to the searched space is read alone (seq > what was loaded) and found at once.
+    target = vectors[0] * -1.0
+    with open_store(str(store.path), settings=SMALL) as writer:
+        writer.put_vectors("new", [VectorRow(int(other[0]), target)])
+    statements.clear()
+    assert store.search_dense("new", target, 1)[0].chunk_id == other[0]
+    assert store._index("new").in_memory == 1
+    assert any("seq >" in s for s in statements)
+
+
+def test_deleted_and_rewritten_vectors_are_never_returned_stale(indexed):
+    store, vectors, ids = indexed
+    doomed = store.search_dense("new", vectors[5], 1)[0].chunk_id
+    assert doomed == ids[5]
+    store.delete_document("doc-0")  # chunks 0..999, in the index file
+    assert all(h.chunk_id not in set(ids[:1000].tolist()) for h in store.search_dense("new", vectors[5], 10))
+    flipped = -vectors[2000]
+    store.put_vectors("new", [VectorRow(int(ids[2000]), flipped)])
+    hit = store.search_dense("new", flipped, 1)[0]
+    assert hit.chunk_id == ids[2000] and hit.score == pytest.approx(1.0, abs=1e-5)
+    assert all(h.chunk_id != ids[2000] for h in store.search_dense("new", vectors[2000], 3))
+
+
+def test_a_growing_space_gets_a_new_index_file_that_other_processes_map(indexed, tmp_path):
+    store, vectors, ids = indexed
+    index = store._index("new")
+    first = list_files(index_folder(store.path), index.key)
+    more = corpus_vectors(SMALL.ann_delta_max + 50, DIM, seed=5, topics=50)
+    added = _fill(store, "new", more, doc="more")
+    store.search_dense("new", more[0], 10)  # notices the vectors past ann_delta_max: a rebuild in the background
+    index._building.join(timeout=60)
+    store.search_dense("new", more[0], 10)  # maps the new file; memory keeps only what the file lacks
+    files = list_files(index_folder(store.path), index.key)
+    assert files != first and len(files) == 1 and index.base_seq == files[0][0]
+    assert index.in_memory == 0
+    all_vectors, all_ids = np.concatenate([vectors, more]), np.concatenate([ids, added])
+    assert _recall(store, "new", all_vectors, all_ids, query_vectors(all_vectors, 30, seed=6)) >= 0.95
+    # Another process maps the same file (shared in the page cache) and answers the same.
+    probe = textwrap.dedent(f"""
+        import numpy as np
+        from ovembed.config import StoreSettings
+        from ovembed.store import open_store
+        store = open_store({str(store.path)!r}, create=False, settings=StoreSettings(ann_min_vectors=1000))
+        query = np.frombuffer(bytes.fromhex({more[0].tobytes().hex()!r}), np.float32)
+        print([h.chunk_id for h in store.search_dense("new", query, 5)])
+        print(any({str(files[0][1])!r} in line for line in open("/proc/self/maps")))
+    """)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == str([h.chunk_id for h in store.search_dense("new", more[0], 5)])
+    assert out[1] == "True"
+
+
+def test_dropping_a_space_removes_its_index_files(indexed):
+    store, _, _ = indexed
+    key = store._index("new").key
+    store.activate("old", force=True)
+    store.drop_space("new")
+    assert list_files(index_folder(store.path), key) == []
+
+
+def test_a_vector_is_stored_near_its_raw_size(tmp_path):
+    """384 floats (1.5 KB) took a 4 KB overflow page each in the WITHOUT ROWID table of before."""
+    store = open_store(str(tmp_path / "store.db"))
+    store.create_space(Space("minilm", "all-MiniLM-L6-v2", "fp32", 384))
+    vectors = corpus_vectors(4000, 384, seed=7)
+    _fill(store, "minilm", vectors)
+    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    pages = dict(store.conn.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name").fetchall())
+    store.close()
+    assert pages["vectors"] <= 1.5 * vectors.nbytes, pages
+
+
+def test_sparse_search_cut_short_keeps_recall_and_is_exact_when_not_cut(tmp_path):
+    corpus = sparse_corpus(N, seed=8)
+    queries = sparse_queries(corpus, 40, seed=9)
+    dense = corpus_vectors(N, 16, seed=8)
+    cut = StoreSettings(sparse_page=20, sparse_max_rows=2000, sparse_shortlist=50)
+    with open_store(str(tmp_path / "store.db"), settings=cut) as store:
+        store.create_space(Space("m3", "bge-m3", "int8", 16, sparse=True))
+        ids = _fill(store, "m3", dense, sparse=corpus)
+    exact = exact_sparse_top(corpus, ids, queries, 10)
+    with open_store(str(tmp_path / "store.db"), settings=cut) as store:
+        found = [store.search_sparse("m3", q, 10) for q in queries]
+    recall = np.mean([len({h.chunk_id for h in f} & {i for i, _ in e}) / len(e) for f, e in zip(found, exact)])
+    assert 0.9 <= recall < 1.0  # cut short (some lists are longer than 40), still found
+    with open_store(str(tmp_path / "store.db")) as store:  # the default reads every list whole here: exact
+        for query, expected in zip(queries, exact):
+            got = store.search_sparse("m3", query, 10)
+            assert [h.chunk_id for h in got] == [i for i, _ in expected]
+            assert [h.score for h in got] == pytest.approx([s for _, s in expected], rel=1e-5)
+
+
+def test_ingest_past_the_tested_size_warns_and_points_to_postgresql(tmp_path, caplog):
+    with open_store(str(tmp_path / "store.db"), settings=StoreSettings(sqlite_tested_chunks=5)) as store:
+        with caplog.at_level(logging.WARNING, logger="ovembed.store"):
+            store.upsert_document("a", [ChunkInput(f"c{i}") for i in range(4)])
+            assert not caplog.records
+            store.upsert_document("b", [ChunkInput(f"c{i}") for i in range(4)])
+            store.upsert_document("c", [ChunkInput("c")])
+    assert len(caplog.records) == 1 and "PostgreSQL" in caplog.records[0].getMessage()
