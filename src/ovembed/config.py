@@ -90,6 +90,11 @@ class StoreSettings(BaseSettings):
     # Index builds: maintenance_work_mem sized from the row count up to this cap, and parallel workers.
     index_memory_max_mb: int = Field(4096, ge=64)
     index_workers: int = Field(2, ge=0, le=64)
+    # Lexical search reads each query token's `pg_sparse_depth` heaviest postings, or `pg_sparse_fraction` of the
+    # space's rows if more, then re-scores the best `pg_sparse_shortlist` (at least 10 k) chunks exactly.
+    pg_sparse_depth: int = Field(1000, ge=1)
+    pg_sparse_fraction: float = Field(0.03, ge=0, le=1)
+    pg_sparse_shortlist: int = Field(100, ge=1)
     pool_min: int = Field(1, ge=0)
     pool_max: int = Field(8, ge=1)
     # --- SQLite ------------------------------------------------------------------------------------

@@ -69,8 +69,14 @@ def sparse_corpus(n: int, seed: int, tokens: int = SPARSE_TOKENS) -> tuple[np.nd
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(np.bincount(rows, minlength=n), out=offsets[1:])
     # Frequent tokens weigh less (as BGE-M3's learned weights do for stop words); a rare one up to 0.35.
-    weights = (0.35 * rng.beta(2, 5, len(ids)) * np.minimum(1.0, np.log1p(ids) / 8)).astype(np.float32) + 1e-3
+    weights = (0.35 * rng.beta(2, 5, len(ids)) * _damping(ids)).astype(np.float32) + 1e-3
     return offsets, ids, weights
+
+
+def _damping(ids: np.ndarray) -> np.ndarray:
+    """How much less a token weighs for being frequent: ids are ranks by frequency (token 1 is the most common,
+    ~0.09 of a rare token's weight; from rank ~3000 on, none)."""
+    return np.minimum(1.0, np.log1p(ids) / 8)
 
 
 def sparse_row(corpus: tuple[np.ndarray, np.ndarray, np.ndarray], i: int) -> dict:
@@ -90,8 +96,10 @@ def sparse_queries(corpus: tuple[np.ndarray, np.ndarray, np.ndarray], count: int
         own = ids[offsets[target]:offsets[target + 1]]
         picked = set(rng.choice(own, min(len(own), tokens - 2), replace=False).tolist())
         picked.update(int(t) for t in rng.integers(1, 50, 2))
-        picked = sorted(picked)
-        out.append({"indices": picked, "values": rng.uniform(0.05, 0.3, len(picked)).round(4).tolist()})
+        picked = np.asarray(sorted(picked))
+        # A query's frequent tokens weigh less too, as the passages' do (BGE-M3 learns that on both sides).
+        values = rng.uniform(0.05, 0.3, len(picked)) * _damping(picked)
+        out.append({"indices": picked.tolist(), "values": values.round(4).tolist()})
     return out
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ovembed.bench.common import machine, markdown
-from ovembed.bench.store import opened, refuse_filled, say, targets
+from ovembed.bench.store import opened, targets
+from ovembed.bench.store_fill import refuse_filled, say
 from ovembed.errors import validation
 
 REEMBED_TARGET = 0.85  # the pipeline should keep the engine at least this busy
@@ -100,7 +101,7 @@ def run_reembed(opts: ReembedOptions) -> dict:
         raise validation("give --db or --postgres-embedded, not both")
     if not (Path(opts.model) / "ovembed.json").is_file():
         raise validation(f"{opts.model} is not a model folder made by `ovembed quantize`")
-    label, given = targets([opts.db] if opts.db else [], opts.postgres_embedded)[0]
+    label, given = targets([opts.db] if opts.db else [], ["postgresql"] if opts.postgres_embedded else [])[0]
     with opened(label, given) as (url, _):
         figures = _run(opts, label, url)
     return {"machine": machine(), "command": opts.command, "model": str(opts.model), "data": opts.data,

@@ -18,8 +18,10 @@ from ovembed.bench.mixed import MixedOptions, run_mixed
 from ovembed.bench.mixed_report import mixed_text
 from ovembed.bench.peers import LABELS
 from ovembed.bench.soak import LOOPBACK, ROUTES, SoakOptions, run_soak, soak_table
-from ovembed.bench.store import SearchOptions, run_search, search_text
+from ovembed.bench.store import BACKENDS as STORE_BACKENDS
+from ovembed.bench.store import SearchOptions, run_search
 from ovembed.bench.store_reembed import ReembedOptions, reembed_text, run_reembed
+from ovembed.bench.store_report import search_text
 from ovembed.cli.common import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
@@ -308,27 +310,51 @@ def memory(model, batch_tokens, infer_requests, scenarios, max_length, lanes, js
 # --- store ------------------------------------------------------------------------------------------
 
 
-@bench.group(cls=OvembedGroup, short_help="dense search per store backend; re-embedding against the engine")
+@bench.group(cls=OvembedGroup, short_help="search, memory and writes per store backend; re-embedding against the engine")
 def store() -> None:
-    """Stores: dense search per backend, and the re-embedding pipeline against the engine."""
+    """Stores: search, memory, writes and re-embedding per backend, and the re-embedding pipeline against the
+    engine."""
 
 
-@store.command(short_help="fill each store with random vectors; search latency, recall, memory")
+def _store_backends(ctx, param, text: str | None) -> list[str]:
+    names = [name.strip() for name in (text or "").split(",") if name.strip()]
+    if unknown := [name for name in names if name not in STORE_BACKENDS]:
+        raise click.BadParameter(f"unknown backend {', '.join(unknown)}; choose from {', '.join(STORE_BACKENDS)}")
+    return names
+
+
+@store.command(short_help="fill each store; dense and sparse search, memory, cold start, writes, sizes, reembed")
 @click.option("--db", multiple=True,
               help="a SQLite path or postgresql:// URL of an empty store (repeatable; default: a temp SQLite file)")
-@click.option("--postgres-embedded", is_flag=True, help="also a throw-away embedded PostgreSQL + pgvector")
-@click.option("--n", type=POSITIVE_INT, default=100_000, show_default=True, help="vectors to store")
+@click.option("--backends", callback=_store_backends, metavar="sqlite,postgresql",
+              help="throw-away stores to measure: a temp SQLite file and/or an embedded PostgreSQL + pgvector")
+@click.option("--postgres-embedded", is_flag=True, help="also a throw-away embedded PostgreSQL (as --backends postgresql)")
+@click.option("--n", type=POSITIVE_INT, default=100_000, show_default=True, help="chunks to store")
 @click.option("--dim", type=POSITIVE_INT, default=1024, show_default=True)
-@click.option("--queries", type=POSITIVE_INT, default=100, show_default=True, help="timed queries (after 5 warm-up ones)")
+@click.option("--queries", type=POSITIVE_INT, default=100, show_default=True,
+              help="timed queries, dense and sparse each (after 5 warm-up ones)")
 @click.option("--k", type=POSITIVE_INT, default=10, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--sparse/--no-sparse", default=True, show_default=True, help="store lexical weights; time sparse search")
+@click.option("--keep", type=click.Path(file_okay=False, path_type=Path),
+              help="keep the filled stores and their ground truth in this folder (for --reuse)")
+@click.option("--reuse", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="search the stores an earlier --keep run left in this folder, without filling (same options)")
+@click.option("--reembed-n", type=click.IntRange(min=0), default=20_000, show_default=True,
+              help="chunks of the re-embedding-while-ingesting store (0: skip)")
 @json_file_option()
-def search(json_path, db, **options) -> int:
-    """Fill each store with the same seeded vectors, one backend at a time and each in its own child process;
-    time `search_dense` and score its top-k against exact search. Exit 1 if a backend failed."""
-    report = run_search(SearchOptions(db=list(db), **options, command=command_line()))
+def search(json_path, db, backends, postgres_embedded, **options) -> int:
+    """Fill each store with the same seeded chunks (dense vectors and lexical weights), one at a time, and
+    measure it in child processes: fill and index build; dense and sparse search latency and recall@k against
+    exact search, in a process that holds nothing but the store (its RSS, peak RSS and cold start: open to first
+    answer); the next queries after writes to another space and to the searched one; sizes on disk; and the
+    re-embedding job while documents are ingested, on a store of --reembed-n chunks. Exit 1 if a store failed."""
+    if postgres_embedded and "postgresql" not in backends:
+        backends.append("postgresql")
+    report = run_search(SearchOptions(db=list(db), backends=backends, **options, command=command_line()))
     _show(report, search_text(report), json_path)
-    return EXIT_CHECK_FAILED if any("error" in r for r in report["results"]) else EXIT_OK
+    failed = any("error" in r or "error" in r.get("reembed", {}) for r in report["results"])
+    return EXIT_CHECK_FAILED if failed else EXIT_OK
 
 
 @store.command(short_help="re-embedding rows/s vs the engine's batch texts/s on the same chunks")

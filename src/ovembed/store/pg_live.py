@@ -1,10 +1,9 @@
 """PostgreSQL under live writes: the ingest barrier, the reembed lease, the sweep, DDL that never queues long
 in front of ingestion, the space lock of lazy fills and the jobs' checkpoints. A mixin of PostgresStore (it uses
-the store's `_tx`, `_table`, `_space_locks` and `where`)."""
+the store's `_tx`, `_session`, `_table` and `where`)."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -61,19 +60,22 @@ class LiveWrites:
     @contextmanager
     def reembed_lease(self, space: str) -> Iterator[None]:
         key = int(content_hash(f"reembed:{space}")[:15], 16)
-        with self._tx() as db:  # a session lock: held until released or the connection ends (kill -9 included)
-            if not db.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
-                raise OvembedError(ErrorKind.BUSY, f"another reembed job is filling space '{space}' at {self.where}; "
-                                   "this one stops without doing anything (wait for that one, or stop it: a rerun "
-                                   "resumes)")
-        try:
-            yield
-        finally:
+        # A session lock: held until released or the connection ends (kill -9 included). The connection stays this
+        # thread's until the lease ends; lost, it fails every call under the lease (ConnectionLost), as it must.
+        with self._session():
+            with self._tx() as db:
+                if not db.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
+                    raise OvembedError(ErrorKind.BUSY, f"another reembed job is filling space '{space}' at "
+                                       f"{self.where}; this one stops without doing anything (wait for that one, or "
+                                       "stop it: a rerun resumes)")
             try:
-                with self._tx() as db:
-                    db.execute("SELECT pg_advisory_unlock(%s)", (key,))
-            except (OvembedError, psycopg.Error):
-                pass  # the connection is gone, and the lock with it
+                yield
+            finally:
+                try:
+                    with self._tx() as db:
+                        db.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                except (OvembedError, psycopg.Error):
+                    pass  # the connection is gone, and the lock with it
 
     def _retrying(self, body: Callable[[psycopg.Connection], T], what: str) -> T:
         """Run body(db) in a transaction whose lock waits time out after LOCK_TIMEOUT; on a timeout, let the
@@ -94,16 +96,12 @@ class LiveWrites:
 
     @contextmanager
     def space_lock(self, space: str) -> Iterator[None]:
-        # A session advisory lock excludes other processes; the session is shared by this process's threads
-        # (and re-entrant), so a thread lock excludes those. Polling with try-lock, instead of blocking in
-        # pg_advisory_lock, leaves the connection free for other threads while another process holds the space.
+        # A session advisory lock, on a connection that stays this thread's until it is released: it excludes
+        # other processes and this process's other threads (each on its own pooled connection) alike.
         key = int(content_hash(f"space:{space}")[:15], 16)
-        with self._space_locks.setdefault(space, threading.Lock()):
-            while True:
-                with self._tx() as db:
-                    if db.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
-                        break
-                time.sleep(0.05)
+        with self._session():
+            with self._tx() as db:
+                db.execute("SELECT pg_advisory_lock(%s)", (key,))
             try:
                 yield
             finally:

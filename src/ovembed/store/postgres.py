@@ -1,5 +1,6 @@
-"""PostgreSQL + pgvector backend: one vectors table per space (its own dimension), an HNSW index for
-dense search and an exact inner-product scan over `sparsevec` for lexical search.
+"""PostgreSQL + pgvector backend: one vectors table per space (its own dimension) with an HNSW index over its
+half-precision or binary-quantized vectors (re-scored exactly from the float32 column) for dense search, and a
+postings table per sparse space for lexical search. Connections come from a pool (pg_pool.py).
 
 Live writes: every chunk insert takes a shared advisory lock (INGEST_LOCK) for its transaction. Creating a space
 waits for the inserts in flight (seen in pg_locks) without holding new ones back; activating takes the lock
@@ -9,27 +10,34 @@ and the switch run with a short `lock_timeout` and are retried."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 import psycopg
-from pgvector import SparseVector as PgSparseVector
-from pgvector.psycopg import register_vector
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from ovembed.config import StoreSettings
 from ovembed.engine.outputs import SparseVector
 from ovembed.errors import ErrorKind, OvembedError
 from ovembed.store.base import Chunk, ChunkInput, Hit, Space, SpaceStatus, Store, VectorRow, content_hash, store_error
+from ovembed.store.pg_index import DenseIndex, dense_search_sql, index_ddl
 from ovembed.store.pg_live import INGEST_LOCK, LiveWrites
+from ovembed.store.pg_pool import ConnectionLost, Sessions, reason
+from ovembed.store.pg_sparse import (
+    SPARSE_DIM,
+    create_postings,
+    delete_postings,
+    postings_table,
+    search_postings,
+    to_sparsevec,
+)
+from ovembed.store.pg_write import copy_vectors, prepare_session
 from ovembed.store.schema import POSTGRES_MIGRATIONS as MIGRATIONS
 
-SPARSE_DIM = 250002  # BGE-M3's vocabulary: lexical weights are indexed by token id
-HNSW_MAX_DIM = 2000  # pgvector's HNSW index takes `vector` columns up to this many dimensions
+HNSW_MAX_DIM = 2000  # pgvector's HNSW index takes `vector` columns up to this many dimensions (halfvec 4000, bit 64000)
 MIGRATION_LOCK = 0x6F76656D  # advisory lock key: two processes opening a fresh database migrate one at a time
 
 
@@ -37,48 +45,39 @@ CHUNK_COLUMNS = "c.id, c.doc_id, c.seq, c.text, c.content_hash, c.metadata"
 SPACE_COLUMNS = "name, model_id, precision, dimension, model_ref, sparse, fingerprint"
 
 
-class ConnectionLost(OvembedError):
-    """PostgreSQL could not be reached or the connection broke (a restart, a failover, the network). The
-    statement's transaction did not commit, or committed without the answer arriving: a caller whose work is
-    idempotent (reembed) may open a new store and carry on. `transient` marks errors worth retrying."""
-
-    transient = True
+__all__ = ["ConnectionLost", "PostgresStore", "redact", "to_sparsevec"]
 
 
-class PostgresStore(LiveWrites, Store):
-    def __init__(self, url: str):
+class PostgresStore(DenseIndex, LiveWrites, Store):
+    def __init__(self, url: str, settings: StoreSettings | None = None):
+        self.settings = settings = settings or StoreSettings()
+        # Lexical search: postings read per query token and chunks re-scored (pg_sparse.py).
+        self.sparse_depth, self.sparse_fraction, self.sparse_shortlist = (
+            settings.pg_sparse_depth, settings.pg_sparse_fraction, settings.pg_sparse_shortlist)
         self.where = where = redact(url)
         try:
-            self.conn = psycopg.connect(url, connect_timeout=5)
-        except psycopg.Error as exc:
-            reason = " ".join(str(exc).split())
-            raise ConnectionLost(ErrorKind.UNAVAILABLE, f"cannot connect to PostgreSQL at {where}: {reason}") from None
-        # psycopg serialises statements, not transactions: threads sharing this store take turns per transaction.
-        self._lock = threading.RLock()
-        self._space_locks: dict[str, threading.Lock] = {}
-        try:
-            self._migrate(where)
-            with self.conn.transaction():  # the type lookups run inside one, so none is left open
-                register_vector(self.conn)
-        except BaseException:
-            self.conn.close()
-            raise
+            # A connection of its own: a clear error when the server cannot be reached, and pgvector is there
+            # before the pool's connections register its types.
+            with psycopg.connect(url, connect_timeout=5) as db:
+                self._migrate(db, where)
+        except psycopg.OperationalError as exc:
+            raise ConnectionLost(ErrorKind.UNAVAILABLE, f"cannot connect to PostgreSQL at {where}: {reason(exc)}") \
+                from None
+        self.sessions = Sessions(url, where, self.settings, configure=prepare_session)
+        self._tx = self.sessions.transaction
 
-    @contextmanager
-    def _tx(self) -> Iterator[psycopg.Connection]:
-        with self._lock:
-            try:
-                with self.conn.transaction():
-                    yield self.conn
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                if not (self.conn.closed or self.conn.broken):
-                    raise  # e.g. a deadlock or a cancelled statement: the connection itself is fine
-                reason = " ".join(str(exc).split())
-                raise ConnectionLost(ErrorKind.UNAVAILABLE,
-                                     f"lost the connection to PostgreSQL at {self.where}: {reason}") from None
+    @property
+    def conn(self) -> psycopg.Connection:
+        """This thread's own connection until the store closes: store calls made by this thread inside
+        `with store.conn.transaction():` join that transaction."""
+        return self.sessions.connection()
 
-    def _migrate(self, where: str) -> None:
-        with self._tx() as db:
+    def _session(self) -> AbstractContextManager[psycopg.Connection]:
+        return self.sessions.session()
+
+    @staticmethod
+    def _migrate(db: psycopg.Connection, where: str) -> None:
+        with db.transaction():
             db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             try:
                 with db.transaction():  # a savepoint, so the failure can be reported instead of aborting
@@ -141,9 +140,11 @@ class PostgresStore(LiveWrites, Store):
         those rows finds them gone."""
         ids = [i for (i,) in db.execute("DELETE FROM chunks WHERE doc_id = %s RETURNING id", (doc_id,))]
         if ids:
-            for (table,) in db.execute("SELECT table_name FROM spaces").fetchall():
+            for table, sparse in db.execute("SELECT table_name, sparse FROM spaces").fetchall():
                 db.execute(sql.SQL("DELETE FROM {} WHERE chunk_id = ANY(%s::bigint[])").format(sql.Identifier(table)),
                            (ids,))
+                if sparse:
+                    delete_postings(db, table, ids)
 
     def get_chunks(self, chunk_ids: list[int]) -> list[Chunk]:
         with self._tx() as db:
@@ -179,6 +180,11 @@ class PostgresStore(LiveWrites, Store):
                           "WHERE p.space = %s AND p.chunk_id > %s ORDER BY p.chunk_id LIMIT %s",
                           (space, after_id, limit)).fetchall()
         return [Chunk(*row) for row in rows]
+
+    def pending_ids(self, space: str, after_id: int, limit: int) -> list[int]:
+        with self._tx() as db:
+            return [i for (i,) in db.execute("SELECT chunk_id FROM pending WHERE space = %s AND chunk_id > %s "
+                                             "ORDER BY chunk_id LIMIT %s", (space, after_id, limit))]
 
     def has_pending(self, space: str) -> bool:
         with self._tx() as db:
@@ -222,9 +228,11 @@ class PostgresStore(LiveWrites, Store):
             # The first space is searched at once and fills row by row: index it now. Any later space is
             # filled in bulk by reembed and indexed when activated: pgvector builds an HNSW index over
             # loaded rows many times faster than it maintains one through inserts.
-            self._index(db, table)
-        # No index on `sparse`: pgvector's HNSW takes at most 1000 non-zeros per row, fewer than a long
-        # passage has, so lexical search is an exact scan.
+            db.execute(index_ddl(self.settings.pg_index, row[0], space.dimension, self.settings, concurrently=False))
+        if space.sparse:
+            # Not pgvector's HNSW on `sparse`: it takes at most 1000 non-zeros per row, and a graph search by inner
+            # product over sparse rows misses matches that an impact-ordered read of postings finds.
+            create_postings(db, row[0])
         return space, False
 
     def space_definitions(self) -> list[Space]:
@@ -240,23 +248,6 @@ class PostgresStore(LiveWrites, Store):
             ).fetchall()
             return [SpaceStatus(Space(*r[:7]), r[7], self._count(db, r[8]), chunks, pending=r[11], state=r[9],
                                 seeded=r[10]) for r in rows]
-
-    @staticmethod
-    def _index(db: psycopg.Connection, table: sql.Identifier) -> None:
-        db.execute("SELECT set_config('maintenance_work_mem', '1GB', true)")  # build the graph in memory
-        index = sql.Identifier(table.as_string(db).strip('"') + "_hnsw")  # tables are named vec_<n> by a sequence
-        try:
-            with db.transaction():  # a savepoint: another process building the same index is not a failure
-                db.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (dense vector_cosine_ops)").format(
-                    index, table))
-        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
-            pass  # IF NOT EXISTS checks before building; two builders both pass the check and one loses
-
-    def build_index(self, space: str) -> None:
-        """Build the space's HNSW index now (reembed calls this when it completes, so activation is quick)."""
-        with self._tx() as db:
-            _, table = self._table(db, space)
-            self._index(db, table)
 
     def active_space(self) -> Space | None:
         with self._tx() as db:  # no vector counts: this is on every search's path
@@ -284,6 +275,7 @@ class PostgresStore(LiveWrites, Store):
             if db.execute("SELECT active FROM spaces WHERE name = %s", (name,)).fetchone()[0]:
                 raise store_error(f"space '{name}' is the active one: activate another space before dropping it")
             db.execute(sql.SQL("DROP TABLE {}").format(table))
+            db.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(postings_table(table.as_string(db).strip('"'))))
             db.execute("DELETE FROM spaces WHERE name = %s", (name,))
             # Pending rows an insert in flight writes for this space after this are harmless: a space made again
             # under this name lacks those chunks' vectors anyway.
@@ -300,20 +292,15 @@ class PostgresStore(LiveWrites, Store):
     def _write(self, db: psycopg.Connection, definition: Space, table: sql.Identifier, rows: list[VectorRow]) -> int:
         """Upsert vectors and clear their pending rows, inside the caller's transaction."""
         self._check_rows(definition, rows)
-        params = [(r.chunk_id, np.asarray(r.dense, np.float32),
-                   to_sparsevec(r.sparse) if definition.sparse and r.sparse is not None else None) for r in rows]
         # KEY SHARE keeps the chunks from being deleted between this check and the insert.
         live = {i for (i,) in db.execute("SELECT id FROM chunks WHERE id = ANY(%s::bigint[]) FOR KEY SHARE",
                                          ([r.chunk_id for r in rows],))}
-        params = [p for p in params if p[0] in live]
-        with db.cursor() as cur:
-            cur.executemany(sql.SQL(
-                "INSERT INTO {} (chunk_id, dense, sparse) VALUES (%s, %s, %s) "
-                "ON CONFLICT (chunk_id) DO UPDATE SET dense = excluded.dense, sparse = excluded.sparse"
-            ).format(table), params)
+        written = [r for r in rows if r.chunk_id in live]
+        if written:
+            copy_vectors(db, table.as_string(db).strip('"'), definition.sparse, written)
         db.execute("DELETE FROM pending WHERE space = %s AND chunk_id = ANY(%s::bigint[])",
                    (definition.name, [r.chunk_id for r in rows]))
-        return len(params)
+        return len(written)
 
     def count_vectors(self, space: str) -> int:
         with self._tx() as db:
@@ -334,11 +321,17 @@ class PostgresStore(LiveWrites, Store):
                                   f"got a query of shape {query.shape}")
             if k <= 0:
                 return []
+            name = table.as_string(db).strip('"')
+            index = self._searched_index(db, name)
+            # The index orders by an approximation (half precision, or bits); its best `shortlist` are re-scored
+            # exactly on the float32 column. Halfvec distances are within ~1e-3 of exact: k more candidates catch
+            # the swaps at the cut; bits rank coarsely: rerank_factor candidates per result.
+            shortlist = k * (self.settings.rerank_factor if index == "binary" else 2)
             # HNSW returns at most ef_search candidates; a wide beam keeps top-k exact on small tables too.
-            db.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(min(1000, max(100, 4 * k))),))
-            rows = db.execute(sql.SQL(
-                "SELECT chunk_id, 1 - (dense <=> %s) FROM {} ORDER BY dense <=> %s, chunk_id LIMIT %s"
-            ).format(table), (query, query, k)).fetchall()
+            ef_search = min(1000, max(self.settings.hnsw_ef_search, 4 * k, shortlist))
+            db.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef_search),))
+            rows = db.execute(dense_search_sql(name, index, definition.dimension),
+                              (query, query, shortlist, k)).fetchall()
         return [Hit(chunk_id, float(score)) for chunk_id, score in rows]
 
     def search_sparse(self, space: str, query: SparseVector, k: int) -> list[Hit]:
@@ -346,15 +339,15 @@ class PostgresStore(LiveWrites, Store):
         if not vector.indices() or k <= 0:
             return []
         with self._tx() as db:
-            # `<#>` is the negative inner product; only chunks sharing a weighted token score above zero.
-            rows = db.execute(sql.SQL(
-                "SELECT chunk_id, -(sparse <#> %s) AS score FROM {} "
-                "WHERE sparse IS NOT NULL AND (sparse <#> %s) < 0 ORDER BY score DESC, chunk_id LIMIT %s"
-            ).format(self._table(db, space)[1]), (vector, vector, k)).fetchall()
+            definition, table = self._table(db, space)
+            if not definition.sparse:
+                return []  # no lexical weights kept
+            rows = search_postings(db, table.as_string(db).strip('"'), vector, k, self.sparse_depth,
+                                   self.sparse_fraction, self.sparse_shortlist)
         return [Hit(chunk_id, float(score)) for chunk_id, score in rows]
 
     def close(self) -> None:
-        self.conn.close()
+        self.sessions.close()
 
     # --- helpers -----------------------------------------------------------------------------------
     @staticmethod
@@ -370,18 +363,6 @@ class PostgresStore(LiveWrites, Store):
     def _count(db: psycopg.Connection, table: str | sql.Identifier) -> int:
         table = table if isinstance(table, sql.Identifier) else sql.Identifier(table)
         return db.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()[0]
-
-
-def to_sparsevec(weights: SparseVector) -> PgSparseVector:
-    indices, values = weights["indices"], weights["values"]
-    if len(indices) != len(values):
-        raise store_error(f"lexical weights have {len(indices)} token ids but {len(values)} values")
-    bad = [i for i in indices if not 0 <= i < SPARSE_DIM]
-    if bad:
-        raise store_error(f"token id {bad[0]} is outside the sparse vocabulary 0..{SPARSE_DIM - 1}")
-    if not np.isfinite(values).all():
-        raise store_error("lexical weights have NaN or infinite values")
-    return PgSparseVector(dict(zip(map(int, indices), map(float, values), strict=True)), SPARSE_DIM)
 
 
 def redact(url: str) -> str:

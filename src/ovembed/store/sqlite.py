@@ -310,7 +310,7 @@ class SQLiteStore(Store):
                     out[chunk_id] = np.frombuffer(blob, "<f4").copy()
         return out
 
-    def _index(self, space: str) -> DenseIndex:
+    def _index(self, space: str, refresh: bool = True) -> DenseIndex:
         """The space's dense index in this process, brought up to date (only this space's new writes are read)."""
         with self._lock:
             key, dim = self.conn.execute("SELECT created_at, dimension FROM spaces WHERE name = ?", (space,)).fetchone()
@@ -318,7 +318,8 @@ class SQLiteStore(Store):
             index = self._dense.get(space)
             if index is None or index.key != key:
                 index = self._dense[space] = DenseIndex(self.path, key, space, dim, self.settings)
-            index.refresh(self.conn, (self.conn.execute("PRAGMA data_version").fetchone()[0], self._own_writes))
+            if refresh:
+                index.refresh(self.conn, (self.conn.execute("PRAGMA data_version").fetchone()[0], self._own_writes))
             return index
 
     def search_dense(self, space: str, query: np.ndarray, k: int) -> list[Hit]:
@@ -340,7 +341,7 @@ class SQLiteStore(Store):
     def build_index(self, space: str) -> None:
         """Write the space's index file when it is large enough to want one (activation and reembed call this)."""
         with self._lock:
-            index = self._index(space)
+            index = self._index(space, refresh=False)  # the build reads the vectors itself, a page at a time
             count = self.conn.execute("SELECT count(*) FROM vectors WHERE space = ?", (space,)).fetchone()[0]
         if self.settings.ann != "exact" and count >= max(1, self.settings.ann_min_vectors):
             index.build(wait=True)

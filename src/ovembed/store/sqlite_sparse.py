@@ -63,10 +63,11 @@ def search_sparse(db: sqlite3.Connection, space: str, query: SparseVector, k: in
         return []
     open_lists = [p for p in lists if not p.exhausted]
     if open_lists:  # partial scores: keep the chunks whose best case still reaches the k-th, score them in full
-        best_case = scores + sum(p.bound * ~np.isin(ids, np.concatenate(p.ids)) for p in open_lists)
+        unread = [~np.isin(ids, np.concatenate(p.ids)) for p in open_lists]
+        best_case = scores + sum(p.bound * missing for p, missing in zip(open_lists, unread))
         keep = np.flatnonzero(best_case >= threshold)
         keep = keep[np.argsort(-best_case[keep], kind="stable")[:max(shortlist, k)]]
-        ids, scores = _rescore(db, space, merged, ids[keep].tolist())
+        ids, scores = ids[keep], scores[keep] + _unread(db, space, open_lists, [m[keep] for m in unread], ids[keep])
     order = np.lexsort((ids, -scores))
     return [Hit(int(ids[i]), float(scores[i])) for i in order[:k] if scores[i] > 0]
 
@@ -81,14 +82,18 @@ def _partial(lists: list[_Postings]) -> tuple[np.ndarray, np.ndarray]:
     return unique, np.bincount(where, weights=contributions)
 
 
-def _rescore(db: sqlite3.Connection, space: str, weights: dict[int, float],
-             chunk_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    totals = dict.fromkeys(chunk_ids, 0.0)
-    token_marks = ",".join("?" * len(weights))
-    for start in range(0, len(chunk_ids), 500):
-        part = chunk_ids[start:start + 500]
-        rows = db.execute(f"SELECT chunk_id, token_id, weight FROM postings WHERE space = ? AND chunk_id IN "
-                          f"({','.join('?' * len(part))}) AND token_id IN ({token_marks})", [space, *part, *weights])
-        for chunk_id, token, weight in rows:
-            totals[chunk_id] += weight * weights[token]
-    return np.fromiter(totals, np.int64, len(totals)), np.fromiter(totals.values(), np.float64, len(totals))
+def _unread(db: sqlite3.Connection, space: str, lists: list[_Postings], unread: list[np.ndarray],
+            ids: np.ndarray) -> np.ndarray:
+    """What the unread parts of the cut lists add to each of `ids`: only those chunks are looked up, only in
+    those lists (a primary-key seek each)."""
+    extra = np.zeros(len(ids), np.float64)
+    where = {int(chunk_id): i for i, chunk_id in enumerate(ids.tolist())}
+    for postings, missing in zip(lists, unread, strict=True):
+        todo = ids[missing].tolist()
+        for start in range(0, len(todo), 500):
+            part = todo[start:start + 500]
+            for chunk_id, weight in db.execute(
+                    f"SELECT chunk_id, weight FROM postings WHERE space = ? AND chunk_id IN ({','.join('?' * len(part))}) "
+                    "AND token_id = ?", [space, *part, postings.token]):
+                extra[where[chunk_id]] += weight * postings.weight
+    return extra

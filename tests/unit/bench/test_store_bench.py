@@ -1,5 +1,6 @@
-"""`ovembed bench store` at tiny sizes: search on SQLite and embedded PostgreSQL (recall of
-HNSW against exact search), and the re-embedding job against the engine on real passages."""
+"""`ovembed bench store` at tiny sizes: search on SQLite and embedded PostgreSQL (dense and sparse recall
+against exact search, the searching process's memory and cold start, queries after writes, sizes, re-embedding
+while ingesting), a kept store searched again, and the re-embedding job against the engine on real passages."""
 
 from __future__ import annotations
 
@@ -16,15 +17,24 @@ def run_store_bench(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=180)
 
 
-def search_rows(stdout: str) -> dict[str, list[str]]:
-    lines = [line for line in stdout.splitlines() if line.startswith("| ") and not line.startswith("| backend")]
-    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
-    return {row[0]: row for row in cells}
+def tables(stdout: str) -> dict[str, dict[str, list[str]]]:
+    """Each Markdown table of the report by the first word of the line above it, its rows by backend."""
+    found: dict[str, dict[str, list[str]]] = {}
+    title = ""
+    for line in stdout.splitlines():
+        if line.startswith("| backend"):
+            found[title] = {}
+        elif line.startswith("| "):
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            found[title][cells[0]] = cells
+        elif line and not line.startswith("|"):
+            title = line.split()[0]
+    return found
 
 
-def check_search_row(row: list[str]) -> float:
-    backend, n, dim, fill, cold, p50, p95, p99, recall, *_ = row
-    assert (n, dim) == ("500", "32")
+def check_dense_row(row: list[str], n: str, dim: str) -> float:
+    backend, rows, dims, fill, cold, p50, p95, p99, recall, *_ = row
+    assert (rows, dims) == (n, dim)
     assert float(fill) > 0 and float(cold) > 0
     assert 0 < float(p50) <= float(p95) <= float(p99)
     return float(recall)
@@ -32,24 +42,77 @@ def check_search_row(row: list[str]) -> float:
 
 def test_search_on_sqlite_is_exact(tmp_path):
     out = tmp_path / "search.json"
-    proc = run_store_bench("search", "--n", "500", "--dim", "32", "--queries", "10", "--json", str(out))
+    proc = run_store_bench("search", "--n", "500", "--dim", "32", "--queries", "10", "--no-sparse", "--reembed-n", "0",
+                           "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "| backend | n | dim | fill rows/s | cold first query ms | p50 ms | p95 ms | p99 ms | recall@10 |" in proc.stdout
-    rows = search_rows(proc.stdout)
-    assert list(rows) == ["sqlite (temp file)"]
-    assert check_search_row(rows["sqlite (temp file)"]) == 1.0  # NumPy over every vector: exact
+    dense = tables(proc.stdout)["Dense"]
+    assert list(dense) == ["sqlite (temp file)"]
+    assert check_dense_row(dense["sqlite (temp file)"], "500", "32") == 1.0  # NumPy over every vector: exact
+    assert "Sparse search" not in proc.stdout and "Re-embedding" not in proc.stdout
     report = json.loads(out.read_text())
     assert report["machine"]["cores"] and report["command"].startswith("ovembed bench store search")
     assert report["results"][0]["peak_rss_mb"] >= report["results"][0]["rss_mb"] > 0
 
 
-def test_search_on_embedded_postgres_reports_hnsw_recall():
-    proc = run_store_bench("search", "--postgres-embedded", "--n", "500", "--dim", "32", "--queries", "10")
+@pytest.mark.slow  # 15-45 s each on 2 shared cores: an embedded server, five child processes, two writers
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_search_reports_every_figure(backend, tmp_path):
+    """2000 x 64 with lexical weights: small enough that both stores search exactly (or nearly: HNSW's beam
+    covers it), and every measurement is in the report."""
+    out = tmp_path / "search.json"
+    which = ["--backends", "sqlite"] if backend == "sqlite" else ["--postgres-embedded"]
+    proc = run_store_bench("search", *which, "--n", "2000", "--dim", "64", "--queries", "20", "--reembed-n", "500",
+                           "--json", str(out))
     assert proc.returncode == 0, proc.stderr
-    rows = search_rows(proc.stdout)
-    assert list(rows) == ["postgresql (embedded)"]
-    assert check_search_row(rows["postgresql (embedded)"]) >= 0.9
-    assert float(rows["postgresql (embedded)"][10]) > 0  # the server's memory is measured too
+    label = {"sqlite": "sqlite (temp file)", "postgresql": "postgresql (embedded)"}[backend]
+    report = tables(proc.stdout)
+    assert list(report) == ["Dense", "Sparse", "Memory", "Queries", "Fill", "Sizes", "Re-embedding"]
+    assert all(list(table) == [label] for table in report.values())
+    assert check_dense_row(report["Dense"][label], "2000", "64") >= 0.9
+    r = json.loads(out.read_text())["results"][0]
+    for search in ("dense_search", "sparse_search"):
+        assert 0.9 <= r[search]["recall"] <= 1 and 0 < r[search]["p50_ms"] <= r[search]["p95_ms"]
+    assert r["sparse_search"]["cold_ms"] > 0
+    assert 0 < r["cold_ms"] and r["open_ms"] <= r["cold_ms"]
+    assert 0 < r["rss_before_open_mb"] <= r["rss_first_mb"] and r["peak_rss_end_mb"] >= r["peak_rss_mb"] >= r["rss_mb"]
+    writes = r["writes"]
+    assert writes["other_rows"] == 1000 and writes["other"]["first_ms"] > 0 and writes["other"]["p50_ms"] > 0
+    assert writes["same_rows"] == 100 and writes["same"]["first_ms"] > 0 and writes["fresh_found"] == 1.0
+    assert report["Queries"][label][2:4] == [str(writes["other_write_ms"]), str(writes["other"]["first_ms"])]
+    assert r["fill"]["index_s"] >= 0 and r["fill"]["vector_rows_per_s"] > 0
+    assert r["storage"]["total_mb"] > 0 and r["storage"]["parts"]
+    reembed = r["reembed"]
+    assert reembed["chunks"] == 500 and reembed["caught_up"]
+    # The job embeds its backlog (the chunks filled, and those ingested alone before it) and what was ingested
+    # while it ran, each once.
+    assert reembed["backlog"] > 500 and reembed["job_written"] == reembed["backlog"] + reembed["ingested_during"]
+    for rate in ("reembed_alone_rows_per_s", "ingest_alone_chunks_per_s", "reembed_during_rows_per_s",
+                 "ingest_during_chunks_per_s"):
+        assert reembed[rate] > 0, rate
+    if backend == "postgresql":  # the server's memory, and the HNSW index beside the table
+        assert r["server_pss_mb"] > 0 and float(report["Dense"][label][10]) == r["server_pss_mb"]
+        assert any(name.startswith("index ") for name in r["storage"]["parts"])
+
+
+def test_a_kept_store_is_searched_again_without_filling(tmp_path):
+    keep = tmp_path / "kept"
+    args = ["search", "--n", "500", "--dim", "32", "--queries", "10", "--reembed-n", "0"]
+    first = run_store_bench(*args, "--keep", str(keep), "--json", str(tmp_path / "first.json"))
+    assert first.returncode == 0, first.stderr
+    again = run_store_bench(*args, "--reuse", str(keep), "--json", str(tmp_path / "again.json"))
+    assert again.returncode == 0, again.stderr
+    assert "filling" not in again.stderr
+    before, after = (json.loads((tmp_path / f"{name}.json").read_text())["results"][0] for name in ("first", "again"))
+    assert after["fill"] == {**before["fill"], "reused": True}
+    assert after["dense_search"]["recall"] == before["dense_search"]["recall"] == 1.0
+    assert after["sparse_search"]["recall"] == before["sparse_search"]["recall"]
+    assert after["storage"]["total_mb"] == pytest.approx(before["storage"]["total_mb"], abs=1)
+    # The queries after a write to another space and to the searched one, and the fresh vectors found.
+    assert after["writes"]["other"]["first_ms"] > 0 and after["writes"]["same"]["first_ms"] > 0
+    assert after["writes"]["fresh_found"] == 1.0
+    other = run_store_bench(*args[:-4], "--queries", "20", "--reembed-n", "0", "--reuse", str(keep))
+    assert other.returncode == 2 and "give the same options" in other.stderr
 
 
 @pytest.mark.slow

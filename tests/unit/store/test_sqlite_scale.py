@@ -5,6 +5,7 @@ warning past the tested size. Thresholds are lowered so a few thousand vectors t
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -182,3 +183,19 @@ def test_ingest_past_the_tested_size_warns_and_points_to_postgresql(tmp_path, ca
             store.upsert_document("b", [ChunkInput(f"c{i}") for i in range(4)])
             store.upsert_document("c", [ChunkInput("c")])
     assert len(caplog.records) == 1 and "PostgreSQL" in caplog.records[0].getMessage()
+
+
+def test_spaces_index_builds_the_index_file_of_a_space_filled_row_by_row(tmp_path):
+    db = str(tmp_path / "store.db")
+    with open_store(db, settings=SMALL) as store:
+        store.create_space(Space("first", "random", "fp32", DIM))  # the first space is active at once: no build
+        _fill(store, "first", corpus_vectors(1500, DIM, seed=10))
+        key = store._index("first").key
+    assert list_files(index_folder(store.path), key) == []
+    env = {**os.environ, "OVEMBED_STORE_ANN_MIN_VECTORS": "1000"}
+    run = [sys.executable, "-m", "ovembed.cli", "spaces"]
+    proc = subprocess.run([*run, "index", "first", "--db", db], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0 and "indexed space first" in proc.stdout, proc.stderr
+    assert len(list_files(index_folder(store.path), key)) == 1
+    proc = subprocess.run([*run, "index", "nope", "--db", db], capture_output=True, text=True, env=env)
+    assert proc.returncode != 0 and "no space named 'nope'" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,180 @@
+"""A space's dense index: HNSW over `dense::halfvec(D)` or over its binary quantization `bit(D)` (or the plain
+`vector` index of stores from before 0.3, searched until replaced); builds sized to the table, concurrent while
+others read and write it, their progress; and the ordering a search must use for the planner to pick the index.
+A mixin of PostgresStore (it uses `_tx`, `_table`, `sessions` and `settings`)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from ovembed.config import StoreSettings
+from ovembed.errors import ErrorKind
+from ovembed.store.base import content_hash
+from ovembed.store.pg_pool import ConnectionLost, reason
+
+log = logging.getLogger(__name__)
+
+LEGACY = "vector"  # the index of stores from before 0.3: HNSW on the float32 column itself (8 KB a vector)
+SUFFIX = {"halfvec": "_halfvec", "binary": "_binary", LEGACY: "_hnsw"}
+# An index's size per vector, measured at 1024 dims with m = 16 (PostgreSQL 18, pgvector 0.8): 2.67 KB on halfvec,
+# 0.42 KB on bit. A build holds about that much graph in memory; the element part grows with the dimension, the
+# links with m.
+ELEMENT_BYTES = {"halfvec": 2.0, "binary": 1 / 8}
+LINK_BYTES = {"halfvec": 683, "binary": 302}
+MIN_BUILD_MB = 64
+PROGRESS_EVERY_S = 5.0
+
+
+@dataclass(frozen=True)
+class BuildProgress:
+    """One look at a running CREATE INDEX (pg_stat_progress_create_index)."""
+
+    index: str
+    phase: str
+    blocks_done: int
+    blocks_total: int
+    tuples_done: int
+    tuples_total: int
+
+    def describe(self) -> str:
+        return (f"{self.index}: {self.phase} (blocks {self.blocks_done}/{self.blocks_total}, "
+                f"tuples {self.tuples_done}/{self.tuples_total})")
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """What the last build_index did: the index, over how many rows, with what memory (as the build's session
+    reported it back) and workers, whether concurrently, how long it took."""
+
+    kind: str
+    rows: int
+    maintenance_work_mem: str
+    workers: int
+    concurrently: bool
+    seconds: float
+
+
+def index_name(table: str, kind: str) -> str:
+    return table + SUFFIX[kind]
+
+
+def build_memory_mb(kind: str, rows: int, dimension: int, settings: StoreSettings) -> int:
+    """maintenance_work_mem for building `kind` over `rows` vectors: the whole graph, so the build never falls back
+    to inserting tuple by tuple on disk (many times slower), within settings.index_memory_max_mb."""
+    per_vector = ELEMENT_BYTES[kind] * dimension + LINK_BYTES[kind] * settings.hnsw_m / 16
+    wanted = math.ceil(rows * per_vector * 1.25 / 2**20)  # a quarter more: the build's own bookkeeping
+    return max(MIN_BUILD_MB, min(settings.index_memory_max_mb, wanted))
+
+
+def index_ddl(kind: str, table: str, dimension: int, settings: StoreSettings, concurrently: bool) -> sql.Composed:
+    """CREATE INDEX for the dense column; the expression is the one `dense_search_sql` orders by."""
+    expression = {"halfvec": "(dense::halfvec({d})) halfvec_cosine_ops",
+                  "binary": "(binary_quantize(dense)::bit({d})) bit_hamming_ops"}[kind]
+    return sql.SQL("CREATE INDEX {} IF NOT EXISTS {} ON {} USING hnsw ({}) WITH (m = {}, ef_construction = {})").format(
+        sql.SQL("CONCURRENTLY") if concurrently else sql.SQL(""), sql.Identifier(index_name(table, kind)),
+        sql.Identifier(table), sql.SQL(expression.format(d=int(dimension))), sql.Literal(settings.hnsw_m),
+        sql.Literal(settings.hnsw_ef_construction))
+
+
+def dense_search_sql(table: str, kind: str | None, dimension: int) -> sql.Composed:
+    """The dense search: the index's `shortlist` nearest by its own distance, re-scored exactly on the float32
+    column. Parameters: query, query, shortlist, k. The inner ORDER BY repeats the index's expression exactly, or
+    the planner cannot use the index."""
+    d = int(dimension)
+    order = {
+        "halfvec": f"dense::halfvec({d}) <=> %s::halfvec({d})",
+        "binary": f"binary_quantize(dense)::bit({d}) <~> binary_quantize(%s::vector({d}))::bit({d})",
+    }.get(kind, "dense <=> %s")
+    return sql.SQL("SELECT chunk_id, 1 - (dense <=> %s) AS score FROM (SELECT chunk_id, dense FROM {} ORDER BY {} "
+                   "LIMIT %s) c ORDER BY score DESC, chunk_id LIMIT %s").format(sql.Identifier(table), sql.SQL(order))
+
+
+def valid_indexes(db: psycopg.Connection, table: str) -> dict[str, bool]:
+    """The dense indexes on `table` by kind, and whether each is valid (a crashed concurrent build leaves one
+    invalid: never used by searches, kept up by writes)."""
+    names = {index_name(table, kind): kind for kind in SUFFIX}
+    rows = db.execute("SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                      "WHERE i.indrelid = %s::regclass", (sql.Identifier(table).as_string(db),)).fetchall()
+    return {names[name]: valid for name, valid in rows if name in names}
+
+
+class DenseIndex:
+    last_build: BuildReport | None = None
+
+    def dense_index(self, space: str) -> str | None:
+        """The index a dense search of `space` uses: 'halfvec', 'binary', 'vector' (a store from before 0.3) or
+        None (an exact scan: a space indexed when it is activated)."""
+        with self._tx() as db:
+            return self._searched_index(db, self._table(db, space)[1].as_string(db).strip('"'))
+
+    def _searched_index(self, db: psycopg.Connection, table: str) -> str | None:
+        valid = [kind for kind, ok in valid_indexes(db, table).items() if ok]
+        preference = [self.settings.pg_index, *(k for k in ("halfvec", "binary", LEGACY) if k != self.settings.pg_index)]
+        return next((kind for kind in preference if kind in valid), None)
+
+    def build_progress(self, space: str) -> BuildProgress | None:
+        """The running index build on `space`'s table, as any session sees it; None when none runs."""
+        with self._tx() as db:
+            table = self._table(db, space)[1]
+            row = db.execute(
+                "SELECT coalesce(c.relname, ''), p.phase, p.blocks_done, p.blocks_total, p.tuples_done, p.tuples_total "
+                "FROM pg_stat_progress_create_index p LEFT JOIN pg_class c ON c.oid = p.index_relid "
+                "WHERE p.relid = %s::regclass", (table.as_string(db),)).fetchone()
+        return BuildProgress(*row) if row else None
+
+    def build_index(self, space: str, progress: Callable[[BuildProgress], None] | None = None,
+                    every_s: float = PROGRESS_EVERY_S) -> None:
+        """Build the space's index of the configured kind (settings.pg_index), then drop its other dense indexes:
+        the space is never without one. While it builds, `progress` (default: the log) gets a BuildProgress every
+        `every_s` seconds."""
+        report = progress or (lambda p: log.info("building %s", p.describe()))
+        with futures.ThreadPoolExecutor(1, thread_name_prefix="ovembed-index") as builder:
+            build = builder.submit(self._build, space)
+            while True:
+                try:
+                    self.last_build = build.result(timeout=every_s)
+                    return
+                except futures.TimeoutError:  # still building (an alias of TimeoutError only from 3.11)
+                    if (seen := self.build_progress(space)) is not None:
+                        report(seen)
+
+    def _build(self, space: str) -> BuildReport:
+        started = time.perf_counter()
+        with self._tx() as db:
+            definition, table = self._table(db, space)
+            table = table.as_string(db).strip('"')
+            rows = db.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()[0]
+        kind = self.settings.pg_index
+        memory = build_memory_mb(kind, rows, definition.dimension, self.settings)
+        # Its own connection: CONCURRENTLY runs outside any transaction, and the session's build settings must not
+        # reach a pooled connection.
+        try:
+            build = psycopg.connect(self.sessions.url, autocommit=True, connect_timeout=5)
+        except psycopg.OperationalError as exc:
+            raise ConnectionLost(ErrorKind.UNAVAILABLE, f"cannot connect to PostgreSQL at {self.where} to build "
+                                 f"the index of space '{space}': {reason(exc)}") from None
+        with build as db:
+            db.execute("SELECT pg_advisory_lock(%s)", (int(content_hash(f"index:{table}")[:15], 16),))  # one builder
+            db.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(f"{memory}MB")))
+            db.execute(sql.SQL("SET max_parallel_maintenance_workers = {}").format(
+                sql.Literal(self.settings.index_workers)))
+            if valid_indexes(db, table).get(kind) is False:  # left by a build that crashed: it never completes
+                db.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
+                    sql.Identifier(index_name(table, kind))))
+            # With rows, others read the space (searches) or write it (ingest fills every space): a plain build
+            # would hold their writes back for its whole length.
+            db.execute(index_ddl(kind, table, definition.dimension, self.settings, concurrently=rows > 0))
+            memory = db.execute("SHOW maintenance_work_mem").fetchone()[0]
+            for other in valid_indexes(db, table).keys() - {kind}:
+                db.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
+                    sql.Identifier(index_name(table, other))))
+        return BuildReport(kind, rows, memory, self.settings.index_workers, rows > 0,
+                           round(time.perf_counter() - started, 3))
