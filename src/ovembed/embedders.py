@@ -41,10 +41,11 @@ class Embedder(ABC):
 
 
 class LocalEmbedder(Embedder):
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, threads: int | None = None):
+        """threads: OpenVINO's inference threads (default: all cores)."""
         from ovembed.engine import load_model
 
-        self.model = load_model(folder)
+        self.model = load_model(folder, threads=threads)
         m = self.model.manifest
         name = Path(folder).name
         self.space = Space(name, m.model_id(name), m.precision, m.dimension, str(Path(folder).resolve()),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 
 import numpy as np
@@ -11,8 +13,9 @@ from ovembed.embedders import LocalEmbedder
 from ovembed.rag import RAG, read_documents
 from ovembed.reembed import reembed
 from ovembed.reembed.job import job_name
-from ovembed.reembed.ray_backend import reembed_ray
-from ovembed.store import open_store
+from ovembed.reembed.ray_backend import fitting_cpus, reembed_ray
+from ovembed.reembed.ray_ranges import RangeLedger, missing_ranges, windows
+from ovembed.store import Space, open_store
 
 ray = pytest.importorskip("ray")
 
@@ -100,3 +103,93 @@ def test_ray_reembed_on_sqlite_fills_only_what_an_interrupted_run_left(tmp_path,
     with open_store(db) as store:
         assert store.count_vectors(target.space.name) == chunks
         assert store.active_space().name == target.space.name
+
+
+class ConnectionKiller(threading.Thread):
+    """Once the job has checkpointed a range: locks the chunks table, so the actors' next statements wait on it,
+    terminates the backends waiting (connections lost mid-statement, which no pool check can hide), and lets go.
+    Throughout, checks that the checkpoint never passes a chunk still pending."""
+
+    def __init__(self, db: str, space: str):
+        super().__init__(daemon=True)
+        self.db, self.job, self.space = db, job_name(space), space
+        self.terminated = 0
+        self.violations: list[tuple[int, int]] = []  # (checkpoint last id, a pending id at or below it)
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.db, autocommit=True) as conn, psycopg.connect(self.db) as locker:
+            while not self.stop.wait(0.02):
+                last_id = self._check(conn)
+                if last_id and not self.terminated:
+                    locker.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
+                    self.terminated = self._terminate_waiting(conn)
+                    locker.rollback()
+
+    def _check(self, conn) -> int:
+        # The checkpoint first: pending rows only go away, so one found at or below it was pending then too.
+        row = conn.execute("SELECT last_id FROM checkpoints WHERE job = %s", (self.job,)).fetchone()
+        last_id = row[0] if row else 0
+        (first_pending,) = conn.execute("SELECT min(chunk_id) FROM pending WHERE space = %s", (self.space,)).fetchone()
+        if first_pending is not None and first_pending <= last_id:
+            self.violations.append((last_id, first_pending))
+        return last_id
+
+    @staticmethod
+    def _terminate_waiting(conn, actors: int = 2, wait_s: float = 10.0) -> int:
+        """Terminate the backends waiting on a lock (not the driver's: it holds the job's advisory lease)."""
+        waiting = ("FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid "
+                   "NOT IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted)")
+        deadline = time.monotonic() + wait_s
+        while conn.execute(f"SELECT count(*) {waiting}").fetchone()[0] < actors and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return conn.execute(f"SELECT count(pg_terminate_backend(pid)) {waiting}").fetchone()[0]
+
+
+def test_ray_reembed_retries_the_ranges_of_actors_whose_connections_were_lost(postgres_db, shared_data,
+                                                                              minilm_int8, tiny_m3_fp32):
+    chunks = _ingest(postgres_db, minilm_int8, read_documents(str(shared_data / "xquad" / "de" / "corpus.jsonl"))[:40])
+    space = tiny_m3_fp32.name
+    killer = ConnectionKiller(postgres_db, space)
+    killer.start()
+    try:
+        stats = reembed_ray(postgres_db, str(tiny_m3_fp32), batch=2, actors=2, progress=False)
+    finally:
+        killer.stop.set()
+        killer.join()
+
+    assert killer.terminated >= 1 and stats.retries >= 1, (killer.terminated, stats)  # lost mid-job, ridden out
+    assert (stats.written, stats.chunks) == (chunks, chunks)  # each chunk's vector written once
+    assert killer.violations == []
+    with open_store(postgres_db) as store:
+        assert store.count_vectors(space) == chunks and not store.has_pending(space)
+        assert store.get_checkpoint(job_name(space)) == (store.chunks_after(0, 100_000)[-1].id, chunks)
+
+
+def test_the_checkpoint_waits_for_a_range_finished_out_of_order(tmp_path, shared_data, minilm_int8):
+    db = str(tmp_path / "store.db")
+    chunks = _ingest(db, minilm_int8, read_documents(str(shared_data / "xquad" / "de" / "corpus.jsonl"))[:10])
+    with open_store(db) as store:
+        store.create_space(Space("other", "some/model", "fp32", 8))  # every chunk pending in it
+        ranges = list(missing_ranges(store, "other", 2))
+        ids = [c.id for c in store.chunks_after(0, 100_000)]
+    assert [(r.lo, r.hi) for r in ranges] == [(ids[i], ids[min(i + 1, chunks - 1)]) for i in range(0, chunks, 2)]
+    assert [r.seq for r in ranges] == list(range(len(ranges))) and len(ranges) >= 4
+    assert [len(w) for w in windows(ranges, 3)] == [3] * (len(ranges) // 3) + [len(ranges) % 3] * (len(ranges) % 3 > 0)
+    ledger = RangeLedger()
+    ledger.add(ranges)
+
+    assert ledger.finish(2) is None and ledger.finish(1) is None  # the first range still runs
+    assert ledger.finish(0) == ranges[2].hi  # all three done: past the third at once
+    assert ledger.finish(3) == ranges[3].hi
+    assert (ledger.finished, ledger.listed) == (4, len(ranges))
+
+
+def test_actors_get_the_most_cpus_that_still_fit_them_all():
+    assert fitting_cpus([1.0, 1.0], 2) == 1
+    assert fitting_cpus([8.0, 2.0], 2) == 4  # 2 actors of 4 on the 8-CPU node
+    assert fitting_cpus([3.0, 3.0], 3) == 1  # 2 CPUs each would fit only two
+    assert fitting_cpus([16.0], 2) == 8
+    assert fitting_cpus([2.0], 5) == 1

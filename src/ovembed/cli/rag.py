@@ -93,8 +93,8 @@ def search(query, k, mode, rerank, db, model, url, api_key, space, as_json) -> N
         click.echo(f"{i:>3}  {r.score:8.4f}  {r.chunk.doc_id[:30]:30s}  {preview}")
 
 
-@click.command(short_help="list, activate (switch search over, or roll back) or drop embedding spaces")
-@click.argument("action", type=click.Choice(["list", "activate", "drop"]))
+@click.command(short_help="list, activate (switch search over, or roll back), index or drop embedding spaces")
+@click.argument("action", type=click.Choice(["list", "activate", "index", "drop"]))
 @click.argument("name", required=False)
 @click.option("--force", is_flag=True, help="activate even if chunks are still pending (search skips them until "
               "filled)")
@@ -110,7 +110,9 @@ def search(query, k, mode, rerank, db, model, url, api_key, space, as_json) -> N
 def spaces(action, name, force, model, max_catch_up, db, url, api_key, as_json) -> None:
     """List the store's spaces, ACTIVATE one (switch search over, or roll back), or DROP one. NAME is a space's
     name or its model's (hub id, short name), as the server accepts them. Activation first embeds the chunks
-    still pending in the space (ingested since it was filled) with its model, the last of them inside the switch."""
+    still pending in the space (ingested since it was filled) with its model, the last of them inside the switch.
+    INDEX builds a space's search index now (activation and reembed do it; a store from an older ovembed, or one
+    filled row by row, otherwise gets it at its first searches, in the background)."""
     from ovembed.store import open_store
 
     if action != "list" and not name:
@@ -121,6 +123,10 @@ def spaces(action, name, force, model, max_catch_up, db, url, api_key, as_json) 
             compute = None if force else _catch_up(space, model, service_url(url, model), api_key)
             store.activate(space.name, force=force, compute=compute, max_catch_up=max_catch_up)
             click.echo(f"active space: {space.name}")
+        elif action == "index":
+            name = store.find_space(name).name
+            store.build_index(name)
+            click.echo(f"indexed space {name}")
         elif action == "drop":
             name = store.find_space(name).name
             store.drop_space(name)
@@ -184,13 +190,18 @@ def _served_by(url: str, api_key: str | None, spaces: list) -> dict[str, str]:
 @click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
               help="run here, or on Ray (ovembed[ray])")
 @click.option("--actors", type=int, default=2, show_default=True, help="Ray: model actors")
+@click.option("--actor-cpus", type=int, help="Ray: CPUs each actor takes, and its OpenVINO threads (default: the "
+              "cluster's CPUs shared out among the actors)")
+@click.option("--models-dir", help="Ray: where nodes find the --to folder by its name (default: its parent here); "
+              "a node's own OVEMBED_MODELS_DIR wins")
 @click.option("--retries", type=int, default=8, show_default=True, help="PostgreSQL reconnects in a row without "
               "progress before giving up (about a minute of outage; a rerun resumes anyway)")
 @db_option()
 @url_option()
 @api_key_option()
 @json_option("print the summary as JSON (and no progress bar)")
-def reembed(target, source, space, batch, activate, engine, actors, retries, db, url, api_key, as_json) -> None:
+def reembed(target, source, space, batch, activate, engine, actors, actor_cpus, models_dir, retries, db, url, api_key,
+            as_json) -> None:
     """Embed every stored chunk with the model at --to into its own space; a rerun resumes."""
     from ovembed.store import open_store
 
@@ -202,7 +213,7 @@ def reembed(target, source, space, batch, activate, engine, actors, retries, db,
         from ovembed.reembed.ray_backend import reembed_ray
 
         stats = reembed_ray(db, target, batch=batch, activate=activate, actors=actors, api_key=api_key, url=url,
-                            space_name=space)
+                            space_name=space, actor_cpus=actor_cpus, models_dir=models_dir, progress=not as_json)
     else:
         from ovembed.embedders import embedder_for
         from ovembed.reembed import reembed as run_reembed

@@ -41,8 +41,10 @@ class EmbeddingModel:
         shape_cache: int = SHAPE_CACHE,
         kernel_cache: int = KERNEL_CACHE,
         lanes: int = 1,
+        threads: int | None = None,
     ):
-        """lanes: 2 compiles the model twice, so short work runs beside a long batch instead of after it (the
+        """threads: OpenVINO's inference threads per lane (default: all cores; a Ray actor: its CPUs).
+        lanes: 2 compiles the model twice, so short work runs beside a long batch instead of after it (the
         batcher's short lane; its memory: docs/reliability.md#5-memory-and-how-to-size-a-machine).
         check_files: refuse missing files or sizes that differ from the manifest; verify_checksums: also
         hash each file against the manifest (its cost at load: docs/reliability.md#3-faults)."""
@@ -71,6 +73,7 @@ class EmbeddingModel:
                 inference_precision=inference_precision,
                 shape_cache=shape_cache,
                 kernel_cache=kernel_cache,
+                threads=threads,
             )
             for _ in range(lanes)
         ]

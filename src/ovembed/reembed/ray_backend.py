@@ -1,11 +1,13 @@
 """`ovembed reembed --engine ray`: the re-embedding job on Ray Data, for when one machine is not enough.
 
-The driver cuts the chunks missing in the target space into id ranges of `batch` chunks; a pool of actors,
-each holding one model (or one client of a service) and one store connection, embeds and upserts a range at
-a time. Resuming needs no bookkeeping: a run only sees chunks that still lack a vector, and upserts are
-idempotent, so a range done twice (an actor restarted by Ray, two runs at once) costs time, not correctness.
-Every node needs ovembed installed, the model folder at the same path (or the service reachable) and the
-database reachable; SQLite works on one machine, its lock queuing the actors' writes."""
+The driver lists the ids pending in the target space (never their texts), cuts them into ranges of `batch`
+chunks and streams them to Ray a window at a time; a pool of actors (ray_worker.EmbedWriter), each holding one
+model and one store connection, fetches, embeds and upserts a range at a time. Resuming needs no bookkeeping: a
+run only sees chunks that still lack a vector, and upserts are idempotent, so a range done twice (an actor
+restarted by Ray, a range retried after a lost connection, two runs at once) costs time, not correctness.
+Every node needs ovembed installed, the database reachable and the model: a folder with the same files (found by
+fingerprint under the node's OVEMBED_MODELS_DIR, else where the driver has it) or the service reachable. SQLite
+works on one machine, its lock queuing the actors' writes."""
 
 from __future__ import annotations
 
@@ -13,122 +15,61 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
+from tqdm import tqdm
 
 from ovembed.embedders import embedder_for
 from ovembed.errors import ErrorKind, OvembedError
-from ovembed.reembed.job import ReembedStats, _TextCache, converge, embed_page, finish_job, start_job
-from ovembed.store import Space, Store, open_store
+from ovembed.reembed.job import JobStart, ReembedStats, converge, finish_job, start_job
+from ovembed.reembed.ray_ranges import IdRange, RangeLedger, missing_ranges, windows
+from ovembed.reembed.ray_worker import EmbedWriter
+from ovembed.store import Store, open_store
 
-SCAN_PAGE = 4096  # chunks per query while the driver lists the missing ids
-
-
-class EmbedWriter:
-    """One Ray actor: embeds the missing chunks of id ranges and writes their vectors."""
-
-    def __init__(self, db: str, target: str, api_key: str | None, space: Space, url: str | None = None):
-        self.space = space.name
-        self.cache = _TextCache()
-        self.store = None
-        # Ray reports an error raised here to the driver as text only (ActorDiedError keeps no cause), so it
-        # is kept and raised by the first call instead, where the driver receives the error itself.
-        self.failed: OvembedError | None = None
-        try:
-            self.store = open_store(db)
-            self.embedder = embedder_for(target, api_key, url)
-            if not self.embedder.space.same_model(space):
-                # A service that switched models mid-job would otherwise mix two models' vectors in one space.
-                raise OvembedError(ErrorKind.VALIDATION, f"this worker's model makes space {self.embedder.space}, "
-                                                         f"but the job fills {space}")
-        except OvembedError as exc:
-            self.failed = exc
-
-    def __call__(self, ranges: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        written, reused = [], []
-        if self.failed is not None:
-            raise self.failed
-        for lo, hi, n in zip(ranges["lo"], ranges["hi"], ranges["n"], strict=True):
-            # At most n chunks of the range are missing: any past hi are another range's to do.
-            chunks = [c for c in self.store.pending_chunks(self.space, int(lo) - 1, int(n)) if c.id <= hi]
-            rows, page_reused = embed_page(self.embedder, chunks, self.cache) if chunks else ([], 0)
-            written.append(self.store.put_vectors(self.space, rows) if rows else 0)
-            reused.append(page_reused)
-        return {"written": np.asarray(written, np.int64), "reused": np.asarray(reused, np.int64)}
-
-    def __del__(self):
-        store = getattr(self, "store", None)
-        if store is not None:
-            store.close()
+ACTORS_START_S = 600  # for the actors to load their models (and an autoscaling cluster to add their nodes)
 
 
-def missing_ranges(store: Store, space: str, batch: int) -> Iterator[dict[str, int]]:
-    """Id ranges [lo, hi] holding `n` = `batch` chunks without a vector in `space` (the last range fewer).
-
-    Cut by missing chunks, not by fixed id width: every range is one embedder batch of work however sparse
-    the ids are (deleted and re-ingested documents leave gaps), and a resumed run lists only what is left."""
-    ids: list[int] = []
-    after = 0
-    while page := store.pending_chunks(space, after, max(SCAN_PAGE, batch)):
-        ids.extend(c.id for c in page)
-        after = page[-1].id
-        while len(ids) >= batch:
-            yield {"lo": ids[0], "hi": ids[batch - 1], "n": batch}
-            del ids[:batch]
-    if ids:
-        yield {"lo": ids[0], "hi": ids[-1], "n": len(ids)}
+@dataclass
+class RayReembedStats(ReembedStats):
+    nodes: dict[str, int] = field(default_factory=dict)  # ranges embedded per Ray node id
 
 
 def reembed_ray(db: str, target: str, batch: int = 256, activate: bool = False, actors: int = 2,
                 api_key: str | None = None, num_cpus: int | None = None, url: str | None = None,
-                space_name: str | None = None) -> ReembedStats:
+                space_name: str | None = None, actor_cpus: int | None = None, models_dir: str | None = None,
+                progress: bool = True) -> RayReembedStats:
     """Fill the space of `target` (a model folder or a service URL; with `url`, a model that service serves) in
     the store at `db` on Ray, in the space named `space_name` or the one this model already fills.
 
     Joins the Ray cluster that is already initialised (or the one RAY_ADDRESS names); otherwise starts a
-    local one with `num_cpus` (default: all) and shuts it down at the end."""
+    local one with `num_cpus` (default: all) and shuts it down at the end. Each actor takes `actor_cpus` CPUs and
+    as many OpenVINO threads (default: the cluster's CPUs shared out among the `actors`). A folder is looked for
+    on each node by its name under `models_dir` (default: its parent here), or the node's OVEMBED_MODELS_DIR."""
     try:
         import ray
     except ImportError:
         raise OvembedError(ErrorKind.VALIDATION,
                            "the Ray engine needs Ray Data: pip install 'ovembed[ray]'") from None
-    if batch < 1 or actors < 1:
-        raise OvembedError(ErrorKind.VALIDATION, "--batch and --actors must be at least 1")
-    db, target = _absolute(db, target, url)
+    if batch < 1 or actors < 1 or (actor_cpus is not None and actor_cpus < 1):
+        raise OvembedError(ErrorKind.VALIDATION, "--batch, --actors and --actor-cpus must be at least 1")
+    db = _absolute_db(db)
     # Only the model's space is needed here; the model is freed before the actors load their own copies.
     model_space = embedder_for(target, api_key, url).space
     store = open_store(db, create=False)
-    started = False
+    run = RayRun(ray, store, batch, actors, actor_cpus, num_cpus)
     try:
-        begin = start_job(store, model_space, space_name)
-        space = begin.space
+        begin = run.begin = start_job(store, model_space, space_name)
+        run.actor_kwargs = {"db": db, "space": begin.space, "api_key": api_key, **_model_source(target, url, models_dir)}
         clock = time.perf_counter()
-        totals = {"written": 0, "reused": 0}
-
-        def one_pass() -> None:
-            nonlocal started
-            ranges = list(missing_ranges(store, space.name, batch))
-            if not ranges:
-                return
-            if not ray.is_initialized():
-                ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.WARNING, ignore_reinit_error=True)
-                started = True
-            for key, value in _run_ranges(ray, ranges, actors, {"db": db, "target": target, "api_key": api_key,
-                                                                 "space": space, "url": url}).items():
-                totals[key] += value
-            # The same checkpoint as the local job: everything up to the last range is done.
-            store.set_checkpoint(begin.job, max(begin.after_id, ranges[-1]["hi"]), begin.done_before + totals["written"])
-
-        with store.reembed_lease(space.name):
-            converge(store, space.name, one_pass, threading.Event())
+        with store.reembed_lease(begin.space.name), run.progress_bar(progress):
+            converge(store, begin.space.name, run.one_pass, threading.Event())
             # What ingest adds before the switch is embedded inside it, by a model loaded only if needed.
             model = functools.cache(lambda: embedder_for(target, api_key, url))
-            activated = finish_job(store, space.name, activate, lambda chunks: model().vectors(chunks))
-        return ReembedStats(space.name, begin.chunks, totals["written"], totals["reused"], begin.already,
-                            round(time.perf_counter() - clock, 3), activated)
+            activated = finish_job(store, begin.space.name, activate, lambda chunks: model().vectors(chunks))
+        return RayReembedStats(begin.space.name, begin.chunks, run.written, run.reused, begin.already,
+                               round(time.perf_counter() - clock, 3), activated, run.retries, dict(run.nodes))
     except Exception as exc:
         domain = _domain_error(exc, ray.exceptions.RayError)
         if domain is None or domain is exc:
@@ -136,32 +77,102 @@ def reembed_ray(db: str, target: str, batch: int = 256, activate: bool = False, 
         raise domain from None  # the actor's traceback is in Ray's logs; the user needs the message
     finally:
         store.close()
-        if started:
+        if run.started:
             ray.shutdown()
 
 
-def _run_ranges(ray, ranges: list[dict], actors: int, actor_kwargs: dict) -> dict[str, int]:
-    """Embed and write the ranges on a pool of EmbedWriter actors; returns the vectors written and reused."""
-    ranges_ds = ray.data.from_items(ranges)
-    # Hand the driver the actor's own exception, not Ray Data's UserCodeException, whose cause is
-    # lost on its way between processes (set on this dataset's copy of the context only).
-    ranges_ds.context.raise_original_map_exception = True
-    counts = ranges_ds.map_batches(
-        EmbedWriter,
-        batch_size=1,  # a range is already one embedder batch; one at a time balances the actors
-        compute=ray.data.ActorPoolStrategy(size=min(actors, len(ranges))),
-        fn_constructor_kwargs=actor_kwargs,
-    ).take_all()
-    return {"written": sum(int(row["written"]) for row in counts), "reused": sum(int(row["reused"]) for row in counts)}
+class RayRun:
+    """One reembed_ray call's passes: the windows of ranges sent to the actors, and what came back."""
+
+    def __init__(self, ray, store: Store, batch: int, actors: int, actor_cpus: int | None, num_cpus: int | None):
+        self.ray, self.store, self.batch, self.actors = ray, store, batch, actors
+        self.actor_cpus, self.num_cpus = actor_cpus, num_cpus
+        self.begin: JobStart | None = None
+        self.actor_kwargs: dict = {}
+        self.started = False  # this call started a local Ray (and shuts it down)
+        self.written = self.reused = self.retries = 0
+        self.nodes: Counter[str] = Counter()
+        self.bar = tqdm(disable=True)
+
+    def progress_bar(self, show: bool) -> tqdm:
+        begin = self.begin
+        self.bar = tqdm(total=begin.chunks, initial=begin.already, unit="chunk", desc=f"reembed {begin.space.name}",
+                        disable=not show, smoothing=0.1)
+        return self.bar
+
+    def one_pass(self) -> None:
+        """Embed what is pending now, a window of ranges at a time."""
+        ledger = RangeLedger()
+        for window in windows(missing_ranges(self.store, self.begin.space.name, self.batch)):
+            ledger.add(window)
+            self._join_cluster()
+            for result in self._results(window):
+                self.finished(result, ledger)
+
+    def finished(self, result: dict, ledger: RangeLedger) -> None:
+        """Count a finished range; the checkpoint follows the ranges finished from the pass's first, so it never
+        passes one still running (the same checkpoint as the local job's once the pass ends)."""
+        self.written += int(result["written"])
+        self.reused += int(result["reused"])
+        self.retries += int(result["retries"])
+        self.nodes[str(result["node"])] += 1
+        last = ledger.finish(int(result["seq"]))
+        if last is not None:
+            self.store.set_checkpoint(self.begin.job, last, self.begin.done_before + self.written)
+        self.bar.set_postfix_str(f"ranges {ledger.finished}/{ledger.listed} listed", refresh=False)
+        self.bar.update(int(result["written"]))
+
+    def _join_cluster(self) -> None:
+        if not self.ray.is_initialized():
+            self.ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False,
+                          logging_level=logging.WARNING, ignore_reinit_error=True)
+            self.started = True
+        if self.actor_cpus is None:
+            cpus = [node["Resources"].get("CPU", 0.0) for node in self.ray.nodes() if node["Alive"]]
+            self.actor_cpus = fitting_cpus(cpus, self.actors)
+
+    def _results(self, window: list[IdRange]):
+        """Each range's result as its actor finishes it (in any order): Ray Data streams them."""
+        ranges = self.ray.data.from_items([asdict(r) for r in window])
+        # Hand the driver the actor's own exception, not Ray Data's UserCodeException, whose cause is
+        # lost on its way between processes (set on this dataset's copy of the context only).
+        ranges.context.raise_original_map_exception = True
+        # Every actor up before the first range goes out: the ranges spread over the nodes instead of going to the
+        # first actor ready, and a node that cannot load the model fails the job at once, not at the end.
+        ranges.context.wait_for_min_actors_s = ACTORS_START_S
+        return ranges.map_batches(
+            EmbedWriter,
+            batch_size=1,  # a range is already one embedder batch; one at a time balances the actors
+            compute=self.ray.data.ActorPoolStrategy(size=min(self.actors, len(window))),
+            num_cpus=self.actor_cpus,
+            fn_constructor_kwargs={**self.actor_kwargs, "threads": self.actor_cpus},
+        ).iter_rows()
 
 
-def _absolute(db: str, target: str, url: str | None) -> tuple[str, str]:
-    """Workers may start in another directory than this process: give them absolute paths."""
-    if not target.startswith(("http://", "https://")) and not url:
-        target = str(Path(target).expanduser().resolve())
-    if not db.startswith(("postgresql://", "postgres://")):
-        db = str(Path(db).expanduser().resolve())
-    return db, target
+def fitting_cpus(node_cpus: list[float], actors: int) -> int:
+    """The most whole CPUs per actor with which all `actors` still fit on the nodes (each holding as many as its
+    CPUs allow); at least 1. The cluster's cores shared out, and no actor left waiting for room."""
+    for cpus in range(int(max(node_cpus, default=1)), 1, -1):
+        if sum(int(n // cpus) for n in node_cpus) >= actors:
+            return cpus
+    return 1
+
+
+def _model_source(target: str, url: str | None, models_dir: str | None) -> dict:
+    """How the actors reach the model: a service as given; a folder by its name, under each node's models
+    directory (the node's OVEMBED_MODELS_DIR, else `models_dir`, else the folder's parent here)."""
+    if target.startswith(("http://", "https://")) or url:
+        return {"model": target, "url": url}
+    folder = Path(target).expanduser().resolve()
+    where = Path(models_dir).expanduser().resolve() if models_dir else folder.parent
+    return {"model": folder.name, "models_dir": str(where)}
+
+
+def _absolute_db(db: str) -> str:
+    """Workers may start in another directory than this process: give them an absolute SQLite path."""
+    if db.startswith(("postgresql://", "postgres://")):
+        return db
+    return str(Path(db).expanduser().resolve())
 
 
 def _domain_error(exc: BaseException, ray_error: type) -> OvembedError | None:
