@@ -209,6 +209,11 @@ def test_every_serving_container_is_guaranteed_whole_cores():
     assert _quantity(_server()["resources"]["requests"]["cpu"]).is_integer()
 
 
+def test_openvino_threads_match_the_cpu_limit(configured):
+    """Without the static CPU manager OpenVINO would count the node's cores: OVEMBED_THREADS pins it to the limit."""
+    assert configured.threads == _quantity(_server()["resources"]["limits"]["cpu"])
+
+
 def test_termination_grace_covers_the_prestop_sleep_and_the_drain(configured):
     (sleep, seconds) = _server()["lifecycle"]["preStop"]["exec"]["command"]
     assert sleep == "sleep"

@@ -114,6 +114,7 @@ class ModelRegistry:
                     shape_cache=self.settings.shape_cache,
                     kernel_cache=self.settings.kernel_cache,
                     lanes=self.settings.lanes if self.settings.short_request_tokens else 1,
+                    threads=self.settings.threads,
                 )
                 batcher = TokenBudgetBatcher(
                     model,

@@ -106,7 +106,7 @@ def valid_indexes(db: psycopg.Connection, table: str) -> dict[str, bool]:
     return {names[name]: valid for name, valid in rows if name in names}
 
 
-class DenseIndex:
+class IndexBuilds:
     last_build: BuildReport | None = None
 
     def dense_index(self, space: str) -> str | None:

@@ -23,7 +23,7 @@ from ovembed.config import StoreSettings
 from ovembed.engine.outputs import SparseVector
 from ovembed.errors import ErrorKind, OvembedError
 from ovembed.store.base import Chunk, ChunkInput, Hit, Space, SpaceStatus, Store, VectorRow, content_hash, store_error
-from ovembed.store.pg_index import DenseIndex, dense_search_sql, index_ddl
+from ovembed.store.pg_index import IndexBuilds, dense_search_sql, index_ddl
 from ovembed.store.pg_live import INGEST_LOCK, LiveWrites
 from ovembed.store.pg_pool import ConnectionLost, Sessions, reason
 from ovembed.store.pg_sparse import (
@@ -48,7 +48,7 @@ SPACE_COLUMNS = "name, model_id, precision, dimension, model_ref, sparse, finger
 __all__ = ["ConnectionLost", "PostgresStore", "redact", "to_sparsevec"]
 
 
-class PostgresStore(DenseIndex, LiveWrites, Store):
+class PostgresStore(IndexBuilds, LiveWrites, Store):
     def __init__(self, url: str, settings: StoreSettings | None = None):
         self.settings = settings = settings or StoreSettings()
         # Lexical search: postings read per query token and chunks re-scored (pg_sparse.py).

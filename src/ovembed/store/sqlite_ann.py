@@ -111,6 +111,7 @@ class DenseIndex:
 
         seq, path = newest
         self.base = Index.restore(str(path), view=True)
+        self.base.expansion_search = self.settings.ann_expansion_search  # not kept in the file
         keep = self._seqs[: self._count] > seq  # what the file lacks stays in memory
         ids, rows, seqs = self._ids[: self._count][keep], self._rows[: self._count][keep], self._seqs[: self._count][keep]
         loaded = self.loaded_seq

@@ -199,3 +199,13 @@ def test_spaces_index_builds_the_index_file_of_a_space_filled_row_by_row(tmp_pat
     assert len(list_files(index_folder(store.path), key)) == 1
     proc = subprocess.run([*run, "index", "nope", "--db", db], capture_output=True, text=True, env=env)
     assert proc.returncode != 0 and "no space named 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_readme_lists_every_store_setting_and_no_other():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| `OVEMBED_STORE_")]
+    named = {name for row in rows for name in re.findall(r"`OVEMBED_STORE_([A-Z0-9_]+)`", row.split("|")[1])}
+    assert named == {field.upper() for field in StoreSettings.model_fields}
