@@ -162,7 +162,11 @@ class IndexBuilds:
             raise ConnectionLost(ErrorKind.UNAVAILABLE, f"cannot connect to PostgreSQL at {self.where} to build "
                                  f"the index of space '{space}': {reason(exc)}") from None
         with build as db:
-            db.execute("SELECT pg_advisory_lock(%s)", (int(content_hash(f"index:{table}")[:15], 16),))  # one builder
+            # One builder at a time. Polled, not waited for in pg_advisory_lock: a waiting statement is an open
+            # transaction, which the other builder's CREATE INDEX CONCURRENTLY waits for (a deadlock).
+            key = int(content_hash(f"index:{table}")[:15], 16)
+            while not db.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
+                time.sleep(0.1)
             db.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(f"{memory}MB")))
             db.execute(sql.SQL("SET max_parallel_maintenance_workers = {}").format(
                 sql.Literal(self.settings.index_workers)))

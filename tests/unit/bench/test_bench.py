@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from cli_runner import run_cli
+from conftest import int8_dot_products_saturate
 
 BACKENDS = ["pytorch", "onnx-fp32", "onnx-int8", "int8-weights", "int8"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -114,8 +115,12 @@ def test_outliers_bench_reports_the_adapted_model_beside_full_int8(tiny_m3_sourc
     report = json.loads((tmp_path / "bench.json").read_text())
     assert report["source"].endswith(f"{tiny_m3_source.name}-outliers")
     assert all("error" not in r for r in report["results"].values()), report["results"]
-    assert report["adapted"]["step"] != "static int8" and report["adapted"]["tried"][0]["passed"] is False
+    # Where INT8 dot products saturate (no VNNI) the outliers spoil plain INT8 and quantize adapts; elsewhere
+    # plain INT8 passes and "adapted" is that same recipe.
+    saturate = int8_dot_products_saturate()
+    assert (report["adapted"]["step"] != "static int8") is saturate
+    assert report["adapted"]["tried"][0]["passed"] is not saturate
     plain = json.loads((tmp_path / f"{tiny_m3_source.name}-outliers-int8" / "ovembed.json").read_text())
-    assert plain["quantization"]["step"] == "static int8" and plain["verification"]["gate"]["passed"] is False
+    assert plain["quantization"]["step"] == "static int8" and plain["verification"]["gate"]["passed"] is not saturate
     line = next(x for x in proc.stdout.splitlines() if x.startswith("int8-adapted ("))
     assert "against full int8: 1x16 p50" in line and "batch 4" in line and "of int8's texts/s" in line

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import int8_dot_products_saturate
 from ovembed.cli import main as cli_main
 from ovembed.convert.adapt import gate_metric
 from ovembed.manifest import Manifest
@@ -120,8 +121,9 @@ def test_minilm_with_outliers_fails_plain_int8_and_quantize_adapts_until_it_pass
                                               model_id="sentence-transformers/all-MiniLM-L6-v2")
     q = manifest.quantization
     assert failures == [] and manifest.verification["gate"]["passed"] is True
-    assert q["tried"][0]["step"] == "static int8" and q["tried"][0]["passed"] is False, q["tried"][0]
-    assert q["step"] != "static int8" and q["tried"][-1]["passed"] is True
+    # Plain static INT8 misses the gate where INT8 dot products saturate (no VNNI), and passes where they do not.
+    assert q["tried"][0]["step"] == "static int8" and q["tried"][0]["passed"] is not int8_dot_products_saturate()
+    assert (q["step"] != "static int8") is int8_dot_products_saturate() and q["tried"][-1]["passed"] is True
     assert q["int8_layers"] >= 0.8 * q["linear_layers"], q
     # Float layers, if any, are named by their PyTorch module, not by the graph's op names.
     assert all(name.startswith("backbone.encoder.layer.") for name in q["float_layers"]), q["float_layers"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import int8_dot_products_saturate
 from ovembed.convert.synthetic import BENCH_OUTLIERS, inject_outliers
 
 TEXTS = ["What is BGE-M3?", "BGE-M3 is a multilingual embedding model with dense, sparse and multi-vector outputs.",
@@ -75,10 +76,16 @@ def test_minilm_with_outliers_adapts_keeping_stsb_within_001_of_fp32(minilm_sour
     assert q["tried"][0]["step"] == "static int8" and q["tried"][0]["passed"] is False, q["tried"]
     assert failures == [] and q["tried"][-1]["passed"] is True, q["tried"]
     assert q["int8_layers"] >= 0.8 * q["linear_layers"], q
-    assert q["float_layers"] and all(name.startswith("backbone.encoder.layer.") for name in q["float_layers"])
-    # What SmoothQuant cannot fix here is the FFN's inner outliers, not the (larger) attention-context ones.
-    hardest = max(q["outlier_ratios"], key=q["outlier_ratios"].get)
-    assert hardest.endswith(".output.dense") and "attention" not in hardest, q["outlier_ratios"]
+    # Without VNNI (INT8 dot products saturate) SmoothQuant alone missed the gate and 2 of 36 MatMuls were left
+    # float; with AVX-512 VNNI SmoothQuant alone passes. Either way only encoder MatMuls are left float, and what
+    # the ranking puts first is an FFN down projection, not the (larger) attention-context outliers.
+    assert q["tried"][-1]["step"].startswith("smoothquant"), q["tried"]
+    if int8_dot_products_saturate():
+        assert q["float_layers"], q
+    assert all(name.startswith("backbone.encoder.layer.") for name in q["float_layers"]), q["float_layers"]
+    if q["float_layers"]:
+        hardest = max(q["outlier_ratios"], key=q["outlier_ratios"].get)
+        assert hardest.endswith(".output.dense") and "attention" not in hardest, q["outlier_ratios"]
 
     left, right, gold = load_sts(shared_data / "stsb_multi_mt" / "en")
     fp32 = SentenceTransformer(str(tmp_path / "src"), device="cpu")
@@ -100,8 +107,10 @@ def test_tiny_bge_m3_with_outliers_adapts_and_its_three_outputs_match_flagembedd
     inject_outliers(tiny_m3_source, source, **BENCH_OUTLIERS)
     manifest, folder, failures = run_quantize(str(source), output=tmp_path / "int8", precision="int8")
     q = manifest.quantization
-    # The fixture is hard: plain static INT8 (the first step tried) misses the gate; the adapted model passes.
-    assert q["tried"][0]["step"] == "static int8" and q["tried"][0]["passed"] is False, q["tried"]
+    # Plain static INT8 misses the gate where INT8 dot products saturate (no VNNI: dense cosine 0.92 on AVX2) and
+    # passes where they do not (0.9999 with AVX-512 VNNI); either way the model quantize keeps must match
+    # FlagEmbedding on all three outputs.
+    assert q["tried"][0]["step"] == "static int8" and q["tried"][0]["passed"] is not int8_dot_products_saturate()
     assert failures == [] and q["tried"][-1]["passed"] is True, q["tried"]
     assert q["int8_layers"] >= 0.8 * q["linear_layers"], q
 
