@@ -108,7 +108,7 @@ class StoreSettings(BaseSettings):
     ann_dtype: Literal["i8", "f16", "f32"] = "i8"
     ann_connectivity: int = Field(16, ge=2, le=128)
     ann_expansion_add: int = Field(128, ge=8)
-    # The search beam: 512 gives recall@10 0.98 at 1M x 1024 for ~5 ms (docs/benchmarks.md); 64 gave 0.87.
+    # The search beam: 512 gives recall@10 0.97 at 1M x 1024, p50 8 ms (docs/benchmarks.md); usearch's 64 gave 0.87.
     ann_expansion_search: int = Field(512, ge=8)
     ann_candidates: int = Field(10, ge=1)  # candidates re-scored per result wanted
     # Vectors written after the index file was built are searched exactly in memory; past this many the index
