@@ -313,8 +313,10 @@ class SQLiteStore(Store):
     def _index(self, space: str, refresh: bool = True) -> DenseIndex:
         """The space's dense index in this process, brought up to date (only this space's new writes are read)."""
         with self._lock:
-            key, dim = self.conn.execute("SELECT created_at, dimension FROM spaces WHERE name = ?", (space,)).fetchone()
-            key = space_key(space, key)
+            row = self.conn.execute("SELECT created_at, dimension FROM spaces WHERE name = ?", (space,)).fetchone()
+            if row is None:
+                raise OvembedError(ErrorKind.MODEL_NOT_FOUND, f"no space named '{space}'")
+            key, dim = space_key(space, row[0]), row[1]
             index = self._dense.get(space)
             if index is None or index.key != key:
                 index = self._dense[space] = DenseIndex(self.path, key, space, dim, self.settings)
@@ -323,14 +325,14 @@ class SQLiteStore(Store):
             return index
 
     def search_dense(self, space: str, query: np.ndarray, k: int) -> list[Hit]:
-        dim = self._definition(space).dimension
         query = np.asarray(query, np.float32)
-        if query.shape != (dim,):
-            raise store_error(f"space '{space}' holds {dim}-dim vectors; the query has shape {query.shape}")
-        if k <= 0:
-            return []
         with self._lock:
-            ids, scores = self._index(space).candidates(query, k)
+            index = self._index(space)  # the one look at the space on this path: it knows the dimension
+            if query.shape != (index.dim,):
+                raise store_error(f"space '{space}' holds {index.dim}-dim vectors; the query has shape {query.shape}")
+            if k <= 0:
+                return []
+            ids, scores = index.candidates(query, k)
             if scores is None:  # candidates of the index file: their exact scores, deleted chunks left out
                 stored = self.get_dense(space, ids.tolist())
                 ids = np.fromiter(stored, np.int64, len(stored))

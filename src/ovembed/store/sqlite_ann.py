@@ -136,16 +136,13 @@ class DenseIndex:
         ids, rows = self._ids[: self._count], self._rows[: self._count]
         if self.base is None:
             scores = rows @ query
-            top = np.argpartition(-scores, min(k, len(scores)) - 1)[:k] if len(scores) > k else np.arange(len(scores))
+            top = _best(scores, k)
             return ids[top], scores[top]
         wanted = k * self.settings.ann_candidates
         found = self.base.search(query, wanted, exact=False)
         keys = np.asarray(found.keys, np.int64)
         if len(ids):
-            scores = rows @ query
-            top = np.argpartition(-scores, min(wanted, len(scores)) - 1)[:wanted] if len(scores) > wanted else \
-                np.arange(len(scores))
-            keys = np.concatenate([keys, ids[top]])
+            keys = np.concatenate([keys, ids[_best(rows @ query, wanted)]])
         return np.unique(keys), None
 
     @property
@@ -192,6 +189,11 @@ class DenseIndex:
             log.info("space %s: index of %d vectors built in %.1f s (%s)", self.space, len(index),
                      time.perf_counter() - started, path)
             return path
+
+
+def _best(scores: np.ndarray, n: int) -> np.ndarray:
+    """Positions of the n largest scores (all of them when there are fewer), in no order."""
+    return np.argpartition(-scores, n - 1)[:n] if len(scores) > n else np.arange(len(scores))
 
 
 def list_files(folder: Path, key: str) -> list[tuple[int, Path]]:
