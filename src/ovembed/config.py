@@ -82,6 +82,13 @@ class StoreSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="OVEMBED_STORE_", extra="ignore")
 
+    # --- both backends ------------------------------------------------------------------------------
+    # Lexical search reads each query token's postings heaviest first, `sparse_page` at a time
+    # (doubling), until no unread chunk can enter the top k, or `sparse_max_rows` were read; then at most
+    # `sparse_shortlist` chunks that still could are re-scored exactly.
+    sparse_page: int = Field(1000, ge=10)
+    sparse_max_rows: int = Field(200_000, ge=100)
+    sparse_shortlist: int = Field(1000, ge=10)
     # --- PostgreSQL + pgvector --------------------------------------------------------------------
     # The dense index: HNSW over `dense::halfvec` (half the size of `vector`, exact re-scoring from the stored
     # float32 vectors), or over its binary quantization (`bit`, ~1/20 of `vector`) with a re-ranked shortlist.
@@ -93,11 +100,6 @@ class StoreSettings(BaseSettings):
     # Index builds: maintenance_work_mem sized from the row count up to this cap, and parallel workers.
     index_memory_max_mb: int = Field(4096, ge=64)
     index_workers: int = Field(2, ge=0, le=64)
-    # Lexical search reads each query token's `pg_sparse_depth` heaviest postings, or `pg_sparse_fraction` of the
-    # space's rows if more, then re-scores the best `pg_sparse_shortlist` (at least 10 k) chunks exactly.
-    pg_sparse_depth: int = Field(1000, ge=1)
-    pg_sparse_fraction: float = Field(0.03, ge=0, le=1)
-    pg_sparse_shortlist: int = Field(100, ge=1)
     pool_min: int = Field(1, ge=0)
     pool_max: int = Field(8, ge=1)
     # --- SQLite ------------------------------------------------------------------------------------
@@ -114,11 +116,5 @@ class StoreSettings(BaseSettings):
     # Vectors written after the index file was built are searched exactly in memory; past this many the index
     # is rebuilt (once, by whichever process notices first).
     ann_delta_max: int = Field(50_000, ge=100)
-    # Lexical search reads each query token's postings heaviest first, `sparse_page` at a time (doubling), until
-    # no unread chunk can enter the top k, or `sparse_max_rows` were read; then at most `sparse_shortlist` chunks
-    # that still could are re-scored exactly.
-    sparse_page: int = Field(1000, ge=10)
-    sparse_max_rows: int = Field(200_000, ge=100)
-    sparse_shortlist: int = Field(1000, ge=10)
     # SQLite is tested up to this many chunks; past it ingest warns and points to PostgreSQL.
     sqlite_tested_chunks: int = Field(2_000_000, ge=1)

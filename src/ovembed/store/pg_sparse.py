@@ -1,5 +1,8 @@
 """Lexical search on PostgreSQL: a postings table per sparse space (token id, weight, chunk id), read by impact (each
-query token's heaviest postings first), the shortlist re-scored exactly from the stored `sparsevec` column."""
+query token's heaviest postings first) with the threshold algorithm (sparse_topk), the chunks still in the running
+scored exactly from the stored `sparsevec` column. A space filled in bulk beside the active one gets its impact
+index when it is built (`build_index`): maintained through the fill, its random inserts slowed 1M chunks to ~500
+vectors/s; until then its searches score every stored row exactly."""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ from pgvector import SparseVector as PgSparseVector
 from psycopg import Connection, sql
 
 from ovembed.engine.outputs import SparseVector
-from ovembed.store.base import store_error
+from ovembed.store.base import Hit, store_error
+from ovembed.store.sparse_topk import query_weights, top_k
 
 SPARSE_DIM = 250002  # BGE-M3's vocabulary: lexical weights are indexed by token id
 
@@ -17,16 +21,38 @@ def postings_table(table: str) -> sql.Identifier:
     return sql.Identifier(f"{table}_postings")
 
 
-def create_postings(db: Connection, table: str) -> None:
-    """The postings of a sparse space, without a foreign key (as the vectors table: DDL never waits on ingest)."""
+def impact_index(table: str) -> str:
+    return f"{table}_postings_impact"
+
+
+def create_postings(db: Connection, table: str, impact: bool) -> None:
+    """The postings of a sparse space, without a foreign key (as the vectors table: DDL never waits on ingest);
+    with its impact index if `impact` (else `create_impact_index` adds it once the space is filled)."""
     postings = f"{table}_postings"
     db.execute(sql.SQL("CREATE TABLE {} (token_id int NOT NULL, weight real NOT NULL, chunk_id bigint NOT NULL)"
                        ).format(sql.Identifier(postings)))
-    # The impact order a query reads, covering, so the read touches the index alone.
-    db.execute(sql.SQL("CREATE INDEX {} ON {} (token_id, weight DESC) INCLUDE (chunk_id)").format(
-        sql.Identifier(f"{postings}_impact"), sql.Identifier(postings)))
+    # By chunk, for deletes and rewrites: a fill writes chunks in id order, so this one grows at its end.
     db.execute(sql.SQL("CREATE INDEX {} ON {} (chunk_id)").format(sql.Identifier(f"{postings}_chunk"),
                                                                   sql.Identifier(postings)))
+    if impact:
+        create_impact_index(db, table, concurrently=False)
+
+
+def create_impact_index(db: Connection, table: str, concurrently: bool) -> None:
+    """The impact order a query reads, covering (the read touches the index alone). An invalid one (left by a
+    concurrent build that failed) is dropped first."""
+    name = sql.Identifier(impact_index(table))
+    if has_impact_index(db, table) is False:
+        db.execute(sql.SQL("DROP INDEX {} IF EXISTS {}").format(sql.SQL("CONCURRENTLY" if concurrently else ""), name))
+    db.execute(sql.SQL("CREATE INDEX {} IF NOT EXISTS {} ON {} (token_id, weight DESC) INCLUDE (chunk_id)").format(
+        sql.SQL("CONCURRENTLY" if concurrently else ""), name, postings_table(table)))
+
+
+def has_impact_index(db: Connection, table: str) -> bool | None:
+    """Whether the space's impact index is valid; None when there is none."""
+    row = db.execute("SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                     "WHERE c.relname = %s", (impact_index(table),)).fetchone()
+    return None if row is None else row[0]
 
 
 def delete_postings(db: Connection, table: str, chunk_ids: list[int]) -> None:
@@ -46,30 +72,48 @@ def to_sparsevec(weights: SparseVector) -> PgSparseVector:
     return PgSparseVector(dict(zip(map(int, indices), map(float, values), strict=True)), SPARSE_DIM)
 
 
-def sparse_search_sql(table: str) -> sql.Composed:
-    """Partial scores from each query token's `depth` heaviest postings; the best `shortlist` chunks by partial
-    score scored exactly (`<#>` on the sparsevec). Parameters: `sparse_search_params`."""
+def pages_sql(table: str) -> sql.Composed:
+    """Each (token, offset, size) read's postings in one statement, heaviest first, ties by chunk id. Parameters:
+    tokens, offsets, sizes (int arrays)."""
     return sql.SQL(
-        "WITH q AS (SELECT * FROM unnest(%(tokens)s::int[], %(weights)s::float8[]) AS q(token_id, weight)), "
-        "partial AS (SELECT p.chunk_id, sum(q.weight * p.weight) AS score FROM q CROSS JOIN LATERAL "
-        "(SELECT chunk_id, weight FROM {} p WHERE p.token_id = q.token_id ORDER BY p.weight DESC LIMIT %(depth)s) p "
-        "GROUP BY p.chunk_id ORDER BY score DESC, p.chunk_id LIMIT %(shortlist)s) "
-        "SELECT v.chunk_id, -(v.sparse <#> %(query)s) AS score FROM partial JOIN {} v ON v.chunk_id = partial.chunk_id "
-        "WHERE (v.sparse <#> %(query)s) < 0 ORDER BY score DESC, v.chunk_id LIMIT %(k)s"
-    ).format(postings_table(table), sql.Identifier(table))
+        "SELECT r.i, p.chunk_id, p.weight FROM unnest(%s::int[], %s::int[], %s::int[]) WITH ORDINALITY "
+        "AS r(token_id, skip, size, i) CROSS JOIN LATERAL (SELECT chunk_id, weight FROM {} p WHERE p.token_id = "
+        "r.token_id ORDER BY p.weight DESC, p.chunk_id LIMIT r.size OFFSET r.skip) p ORDER BY r.i, p.weight DESC, "
+        "p.chunk_id").format(postings_table(table))
 
 
-def sparse_search_params(query: PgSparseVector, k: int, depth: int, shortlist: int) -> dict:
-    return {"tokens": query.indices(), "weights": query.values(), "depth": depth, "shortlist": max(shortlist, 10 * k),
-            "query": query, "k": k}
+class _Postings:
+    """One query's reads of one space's postings (sparse_topk.Postings): a statement per round."""
+
+    def __init__(self, db: Connection, table: str, query: PgSparseVector):
+        self.db, self.table, self.query = db, table, query
+
+    def pages(self, reads: list[tuple[int, int, int]]) -> list[list[tuple[int, float]]]:
+        out: list[list[tuple[int, float]]] = [[] for _ in reads]
+        tokens, offsets, sizes = (list(column) for column in zip(*reads, strict=True))
+        for i, chunk_id, weight in self.db.execute(pages_sql(self.table), (tokens, offsets, sizes)):
+            out[i - 1].append((chunk_id, weight))
+        return out
+
+    def exact(self, chunk_ids: list[int]) -> dict[int, float]:
+        rows = self.db.execute(sql.SQL("SELECT chunk_id, -(sparse <#> %s) FROM {} WHERE chunk_id = ANY(%s::bigint[])"
+                                       ).format(sql.Identifier(self.table)), (self.query, chunk_ids))
+        return {chunk_id: float(score) for chunk_id, score in rows}
 
 
-def search_postings(db: Connection, table: str, query: PgSparseVector, k: int, depth: int, fraction: float,
-                    shortlist: int) -> list[tuple[int, float]]:
-    """The k best (chunk id, score) by the sum of weight products over shared tokens, ties by chunk id, score > 0;
-    each token's postings read to `depth`, or `fraction` of the space's rows if more."""
-    # The planner's row estimate, not a count: a catalog read whatever the table's size.
-    rows = db.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass",
-                      (sql.Identifier(table).as_string(db),)).fetchone()[0]
-    return db.execute(sparse_search_sql(table),
-                      sparse_search_params(query, k, max(depth, int(fraction * max(rows, 0))), shortlist)).fetchall()
+def scan_sql(table: str) -> sql.Composed:
+    """Exact lexical search over every stored row (a space filled in bulk and not built yet). Parameters: query,
+    query, k."""
+    return sql.SQL("SELECT chunk_id, -(sparse <#> %s) AS score FROM {} WHERE (sparse <#> %s) < 0 "
+                   "ORDER BY score DESC, chunk_id LIMIT %s").format(sql.Identifier(table))
+
+
+def search_postings(db: Connection, table: str, query: SparseVector, k: int, page: int, max_rows: int,
+                    shortlist: int) -> list[Hit]:
+    """The k best chunks by the sum of weight products over shared tokens, ties by chunk id, score > 0."""
+    vector = to_sparsevec(query)
+    if not query_weights(query):
+        return []
+    if has_impact_index(db, table):
+        return top_k(_Postings(db, table, vector), query, k, page, max_rows, shortlist)
+    return [Hit(chunk_id, float(score)) for chunk_id, score in db.execute(scan_sql(table), (vector, vector, k))]

@@ -51,9 +51,6 @@ __all__ = ["ConnectionLost", "PostgresStore", "redact", "to_sparsevec"]
 class PostgresStore(IndexBuilds, LiveWrites, Store):
     def __init__(self, url: str, settings: StoreSettings | None = None):
         self.settings = settings = settings or StoreSettings()
-        # Lexical search: postings read per query token and chunks re-scored (pg_sparse.py).
-        self.sparse_depth, self.sparse_fraction, self.sparse_shortlist = (
-            settings.pg_sparse_depth, settings.pg_sparse_fraction, settings.pg_sparse_shortlist)
         self.where = where = redact(url)
         try:
             # A connection of its own: a clear error when the server cannot be reached, and pgvector is there
@@ -232,7 +229,7 @@ class PostgresStore(IndexBuilds, LiveWrites, Store):
         if space.sparse:
             # Not pgvector's HNSW on `sparse`: it takes at most 1000 non-zeros per row, and a graph search by inner
             # product over sparse rows misses matches that an impact-ordered read of postings finds.
-            create_postings(db, row[0])
+            create_postings(db, row[0], impact=row[1])  # as the dense index: now for the first space only
         return space, False
 
     def space_definitions(self) -> list[Space]:
@@ -335,16 +332,15 @@ class PostgresStore(IndexBuilds, LiveWrites, Store):
         return [Hit(chunk_id, float(score)) for chunk_id, score in rows]
 
     def search_sparse(self, space: str, query: SparseVector, k: int) -> list[Hit]:
-        vector = to_sparsevec(query)
-        if not vector.indices() or k <= 0:
+        to_sparsevec(query)  # checked before the space: bad weights are the caller's error whatever the space
+        if not query["indices"] or k <= 0:
             return []
         with self._tx() as db:
             definition, table = self._table(db, space)
             if not definition.sparse:
                 return []  # no lexical weights kept
-            rows = search_postings(db, table.as_string(db).strip('"'), vector, k, self.sparse_depth,
-                                   self.sparse_fraction, self.sparse_shortlist)
-        return [Hit(chunk_id, float(score)) for chunk_id, score in rows]
+            return search_postings(db, table.as_string(db).strip('"'), query, k, self.settings.sparse_page,
+                                   self.settings.sparse_max_rows, self.settings.sparse_shortlist)
 
     def close(self) -> None:
         self.sessions.close()

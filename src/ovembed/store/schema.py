@@ -1,5 +1,7 @@
 """The stores' schemas, as migrations: a store records its version and applies the steps after it on open."""
 
+from ovembed.store.sqlite_sparse import per_space_impact_indexes
+
 SQLITE_MIGRATIONS = [
     """
     CREATE TABLE documents (id TEXT PRIMARY KEY, metadata TEXT NOT NULL, updated_at REAL NOT NULL);
@@ -70,6 +72,7 @@ SQLITE_MIGRATIONS = [
         UPDATE spaces SET deletes = deletes + 1 WHERE name = old.space;
     END;
     """,
+    per_space_impact_indexes,  # 5: an impact index per sparse space, built when the space is (sqlite_sparse)
 ]
 
 

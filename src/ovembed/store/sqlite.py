@@ -1,7 +1,6 @@
-"""SQLite backend: one file, WAL mode; vectors as float32 blobs, searched exactly in memory or, past ~20k per
-space, through an HNSW index file per space (sqlite_ann); lexical weights in impact-ordered postings
-(sqlite_sparse). One writer at a time (BEGIN IMMEDIATE), so a chunk insert, its pending rows and a space's
-creation or activation never interleave."""
+"""SQLite backend: one file, WAL mode; vectors as float32 blobs, searched exactly or, past ~20k per space, through
+an HNSW index file per space (sqlite_ann); lexical weights in postings read by impact (sqlite_sparse). One writer
+at a time (BEGIN IMMEDIATE): a chunk insert, its pending rows and a space's creation or activation never interleave."""
 
 from __future__ import annotations
 
@@ -36,7 +35,7 @@ from ovembed.store.base import (
 from ovembed.store.schema import SQLITE_MIGRATIONS as MIGRATIONS
 from ovembed.store.schema import statements
 from ovembed.store.sqlite_ann import DenseIndex, remove_files, space_key
-from ovembed.store.sqlite_sparse import search_sparse
+from ovembed.store.sqlite_sparse import create_impact_index, drop_impact_index, search_sparse
 
 log = logging.getLogger("ovembed.store")
 SPACE_COLUMNS = "name, model_id, precision, dimension, model_ref, sparse, fingerprint"
@@ -80,8 +79,8 @@ class SQLiteStore(Store):
             row = self.conn.execute("SELECT version FROM schema_version").fetchone()
             version = row[0] if row else 0
             for step in MIGRATIONS[version:]:
-                for statement in statements(step):
-                    self.conn.execute(statement)
+                for statement in [step] if callable(step) else statements(step):
+                    statement(self.conn) if callable(statement) else self.conn.execute(statement)
             if row is None:
                 self.conn.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
             else:
@@ -206,6 +205,8 @@ class SQLiteStore(Store):
                        (space.name, space.model_id, space.precision, space.dimension, space.model_ref,
                         int(space.sparse), space.fingerprint, int(first), ACTIVE if first else FILLING, time.time()))
             self._seed(db, space.name)  # every chunk there now waits for this space, in the same transaction
+            if first and space.sparse:  # searched at once, filled as ingested; a later space is built when activated
+                create_impact_index(db, space.name)
             return space
 
     def space_definitions(self) -> list[Space]:
@@ -226,15 +227,13 @@ class SQLiteStore(Store):
 
     def active_space(self) -> Space | None:
         with self._lock:  # no vector counts: this is on every search's path
-            row = self.conn.execute(f"SELECT {SPACE_COLUMNS} FROM spaces "
-                                    "WHERE active = 1").fetchone()
+            row = self.conn.execute(f"SELECT {SPACE_COLUMNS} FROM spaces WHERE active = 1").fetchone()
         return _space(row) if row else None
 
     def _definition(self, name: str) -> Space:
         """A space's definition without counting its vectors (cheap: for every search and write)."""
         with self._lock:
-            row = self.conn.execute(f"SELECT {SPACE_COLUMNS} FROM spaces "
-                                    "WHERE name = ?", (name,)).fetchone()
+            row = self.conn.execute(f"SELECT {SPACE_COLUMNS} FROM spaces WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise OvembedError(ErrorKind.MODEL_NOT_FOUND, f"no space named '{name}'")
         return _space(row)
@@ -251,6 +250,8 @@ class SQLiteStore(Store):
                     raise self._incomplete(name, len(chunks))
             db.execute("UPDATE spaces SET active = 0, state = ? WHERE active = 1 AND name <> ?", (RETAINED, name))
             db.execute("UPDATE spaces SET active = 1, state = ? WHERE name = ?", (ACTIVE, name))
+            if definition.sparse:  # built by activate's build_index, unless the store was older than that
+                create_impact_index(db, name)
 
     def drop_space(self, name: str) -> None:
         with self._tx() as db:  # the check and the delete in one transaction: an activation cannot slip between
@@ -260,6 +261,7 @@ class SQLiteStore(Store):
             if row[0]:
                 raise store_error(f"space '{name}' is the active one: activate another space before dropping it")
             db.execute("DELETE FROM postings WHERE space = ?", (name,))
+            drop_impact_index(db, name)
             db.execute("DELETE FROM vectors WHERE space = ?", (name,))
             key = db.execute("SELECT created_at FROM spaces WHERE name = ?", (name,)).fetchone()[0]
             db.execute("DELETE FROM spaces WHERE name = ?", (name,))
@@ -341,7 +343,11 @@ class SQLiteStore(Store):
         return [Hit(int(ids[i]), float(scores[i])) for i in order]
 
     def build_index(self, space: str) -> None:
-        """Write the space's index file when it is large enough to want one (activation and reembed call this)."""
+        """Build what a space filled in bulk goes without: its impact index (lexical search), and its index file
+        when it is large enough to want one (activation and reembed call this)."""
+        if self._definition(space).sparse:
+            with self._tx() as db:
+                create_impact_index(db, space)
         with self._lock:
             index = self._index(space, refresh=False)  # the build reads the vectors itself, a page at a time
             count = self.conn.execute("SELECT count(*) FROM vectors WHERE space = ?", (space,)).fetchone()[0]
@@ -371,8 +377,7 @@ class SQLiteStore(Store):
     # --- checkpoints -------------------------------------------------------------------------------
     def get_checkpoint(self, job: str) -> tuple[int, int]:
         with self._lock:
-            row = self.conn.execute("SELECT last_id, done FROM checkpoints WHERE job = ?", (job,)).fetchone()
-        return (row[0], row[1]) if row else (0, 0)
+            return self.conn.execute("SELECT last_id, done FROM checkpoints WHERE job = ?", (job,)).fetchone() or (0, 0)
 
     def set_checkpoint(self, job: str, last_id: int, done: int) -> None:
         with self._tx() as db:

