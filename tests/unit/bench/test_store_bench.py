@@ -61,7 +61,7 @@ def test_search_reports_every_figure(backend, tmp_path):
     """2000 x 64 with lexical weights: small enough that both stores search exactly (or nearly: HNSW's beam
     covers it), and every measurement is in the report."""
     out = tmp_path / "search.json"
-    which = ["--backends", "sqlite"] if backend == "sqlite" else ["--postgres-embedded"]
+    which = ["--backends", "sqlite"] if backend == "sqlite" else ["--postgres-embedded", "--pg-shared-buffers", "200MB"]
     proc = run_store_bench("search", *which, "--n", "2000", "--dim", "64", "--queries", "20", "--reembed-n", "500",
                            "--json", str(out))
     assert proc.returncode == 0, proc.stderr
@@ -93,6 +93,8 @@ def test_search_reports_every_figure(backend, tmp_path):
     if backend == "postgresql":  # the server's memory, and the HNSW index beside the table
         assert r["server_pss_mb"] > 0 and float(report["Dense"][label][10]) == r["server_pss_mb"]
         assert any(name.startswith("index ") for name in r["storage"]["parts"])
+        # The server restarted with the shared_buffers asked for, and the searched indexes were read into them.
+        assert r["storage"]["shared_buffers"] == "200MB" and r["fill"]["prewarm"]["mb"] > 0
 
 
 def test_a_kept_store_is_searched_again_without_filling(tmp_path):
