@@ -111,8 +111,9 @@ def spaces(action, name, force, model, max_catch_up, db, url, api_key, as_json) 
     """List the store's spaces, ACTIVATE one (switch search over, or roll back), or DROP one. NAME is a space's
     name or its model's (hub id, short name), as the server accepts them. Activation first embeds the chunks
     still pending in the space (ingested since it was filled) with its model, the last of them inside the switch.
-    INDEX builds a space's search index now (activation and reembed do it; a store from an older ovembed, or one
-    filled row by row, otherwise gets it at its first searches, in the background)."""
+    INDEX builds a space's search indexes now, dense and lexical (activation and reembed do it; a store from an
+    older ovembed, or one filled row by row, otherwise gets its dense index at its first searches, in the
+    background; a space filled in bulk searches its lexical weights by a scan until built)."""
     from ovembed.store import open_store
 
     if action != "list" and not name:
