@@ -39,12 +39,12 @@ def create_postings(db: Connection, table: str, impact: bool) -> None:
 
 
 def create_impact_index(db: Connection, table: str, concurrently: bool) -> None:
-    """The impact order a query reads, covering (the read touches the index alone). An invalid one (left by a
-    concurrent build that failed) is dropped first."""
+    """The impact order a query reads, ties by chunk id, covering (the read touches the index alone). An invalid
+    one (left by a concurrent build that failed) is dropped first."""
     name = sql.Identifier(impact_index(table))
     if has_impact_index(db, table) is False:
         db.execute(sql.SQL("DROP INDEX {} IF EXISTS {}").format(sql.SQL("CONCURRENTLY" if concurrently else ""), name))
-    db.execute(sql.SQL("CREATE INDEX {} IF NOT EXISTS {} ON {} (token_id, weight DESC) INCLUDE (chunk_id)").format(
+    db.execute(sql.SQL("CREATE INDEX {} IF NOT EXISTS {} ON {} (token_id, weight DESC, chunk_id)").format(
         sql.SQL("CONCURRENTLY" if concurrently else ""), name, postings_table(table)))
 
 
@@ -73,13 +73,14 @@ def to_sparsevec(weights: SparseVector) -> PgSparseVector:
 
 
 def pages_sql(table: str) -> sql.Composed:
-    """Each (token, offset, size) read's postings in one statement, heaviest first, ties by chunk id. Parameters:
-    tokens, offsets, sizes (int arrays)."""
+    """Each (token, after, size) read's postings in one statement: past the posting (weight, chunk id) `after`
+    (a seek in the impact index, not an OFFSET walk over what was read), heaviest first, ties by chunk id.
+    Parameters: tokens, after weights (float8, Infinity for a first page), after chunk ids, sizes."""
     return sql.SQL(
-        "SELECT r.i, p.chunk_id, p.weight FROM unnest(%s::int[], %s::int[], %s::int[]) WITH ORDINALITY "
-        "AS r(token_id, skip, size, i) CROSS JOIN LATERAL (SELECT chunk_id, weight FROM {} p WHERE p.token_id = "
-        "r.token_id ORDER BY p.weight DESC, p.chunk_id LIMIT r.size OFFSET r.skip) p ORDER BY r.i, p.weight DESC, "
-        "p.chunk_id").format(postings_table(table))
+        "SELECT r.i, p.chunk_id, p.weight FROM unnest(%s::int[], %s::float8[], %s::int8[], %s::int[]) WITH ORDINALITY "
+        "AS r(token_id, w, c, size, i) CROSS JOIN LATERAL (SELECT chunk_id, weight FROM {} p WHERE p.token_id = "
+        "r.token_id AND p.weight <= r.w AND (p.weight < r.w OR p.chunk_id > r.c) ORDER BY p.weight DESC, p.chunk_id "
+        "LIMIT r.size) p").format(postings_table(table))
 
 
 class _Postings:
@@ -88,10 +89,11 @@ class _Postings:
     def __init__(self, db: Connection, table: str, query: PgSparseVector):
         self.db, self.table, self.query = db, table, query
 
-    def pages(self, reads: list[tuple[int, int, int]]) -> list[list[tuple[int, float]]]:
+    def pages(self, reads: list[tuple[int, tuple[float, int] | None, int]]) -> list[list[tuple[int, float]]]:
         out: list[list[tuple[int, float]]] = [[] for _ in reads]
-        tokens, offsets, sizes = (list(column) for column in zip(*reads, strict=True))
-        for i, chunk_id, weight in self.db.execute(pages_sql(self.table), (tokens, offsets, sizes)):
+        params = ([token for token, _, _ in reads], [after[0] if after else float("inf") for _, after, _ in reads],
+                  [after[1] if after else -1 for _, after, _ in reads], [size for _, _, size in reads])
+        for i, chunk_id, weight in self.db.execute(pages_sql(self.table), params):
             out[i - 1].append((chunk_id, weight))
         return out
 

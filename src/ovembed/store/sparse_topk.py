@@ -19,9 +19,10 @@ ROUNDS = 8  # pages per token at most (each twice the last)
 class Postings(Protocol):
     """A backend's reads of one space's postings, for one query."""
 
-    def pages(self, reads: list[tuple[int, int, int]]) -> list[list[tuple[int, float]]]:
-        """For each (token id, offset, size): that token's postings as (chunk id, weight), heaviest first (ties by
-        chunk id), `size` of them from `offset` on."""
+    def pages(self, reads: list[tuple[int, tuple[float, int] | None, int]]) -> list[list[tuple[int, float]]]:
+        """For each (token id, after, size): that token's next `size` postings as (chunk id, weight) in the order
+        weight descending, then chunk id ascending, after the posting `after` = (weight, chunk id) (None: from
+        the first). A page's rows may come in any order."""
 
     def exact(self, chunk_ids: list[int]) -> dict[int, float]:
         """The full query score of each of `chunk_ids`."""
@@ -35,21 +36,23 @@ class _List:
     weight: float  # the query's weight of the token
     ids: list[np.ndarray] = field(default_factory=list)
     weights: list[np.ndarray] = field(default_factory=list)
-    read: int = 0
+    after: tuple[float, int] | None = None  # the last posting read, in the list's order: the next page starts past it
     exhausted: bool = False
 
     @property
     def bound(self) -> float:
         """The most this token can add to a chunk not yet read in its list."""
-        return 0.0 if self.exhausted else self.weight * float(self.weights[-1][-1]) if self.weights else self.weight
+        return 0.0 if self.exhausted else self.weight * self.after[0] if self.after else self.weight
 
     def take(self, rows: list[tuple[int, float]], size: int) -> int:
         self.exhausted = len(rows) < size
         if rows:
             found = np.asarray(rows, np.float64)
-            self.ids.append(found[:, 0].astype(np.int64))
-            self.weights.append(found[:, 1])
-            self.read += len(rows)
+            ids, weights = found[:, 0].astype(np.int64), found[:, 1]
+            self.ids.append(ids)
+            self.weights.append(weights)
+            lightest = weights.min()
+            self.after = (float(lightest), int(ids[weights == lightest].max()))
         return len(rows)
 
 
@@ -71,7 +74,7 @@ def top_k(postings: Postings, query: SparseVector, k: int, page: int, max_rows: 
         reading = [p for p in lists if not p.exhausted]
         if not reading:
             break
-        found = postings.pages([(p.token, p.read, size) for p in reading])
+        found = postings.pages([(p.token, p.after, size) for p in reading])
         total += sum(p.take(rows, size) for p, rows in zip(reading, found, strict=True))
         ids, scores = _partial(lists)
         threshold = float(np.partition(scores, len(scores) - k)[len(scores) - k]) if len(scores) >= k else 0.0

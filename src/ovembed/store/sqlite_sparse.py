@@ -42,11 +42,18 @@ class _Postings:
 
     def __init__(self, db: sqlite3.Connection, space: str, weights: dict[int, float]):
         self.db, self.space, self.query = db, space, weights
-        self.page_sql = (f"SELECT chunk_id, weight FROM postings INDEXED BY {impact_index(space)} WHERE space = "
-                         f"{_literal(space)} AND token_id = ? ORDER BY weight DESC, chunk_id LIMIT ? OFFSET ?")
+        # The index's own order (its key, then the table's primary key: space, chunk id): no sort, and a page
+        # starts where the last ended (a seek, not an OFFSET walk over what was read).
+        first = (f"SELECT chunk_id, weight FROM postings INDEXED BY {impact_index(space)} WHERE space = "
+                 f"{_literal(space)} AND token_id = ?")
+        self.first_sql = first + " ORDER BY weight DESC, space, chunk_id LIMIT ?"
+        self.next_sql = first + " AND weight <= ? AND (weight < ? OR chunk_id > ?) ORDER BY weight DESC, space, " \
+                                "chunk_id LIMIT ?"
 
-    def pages(self, reads: list[tuple[int, int, int]]) -> list[list[tuple[int, float]]]:
-        return [self.db.execute(self.page_sql, (token, size, offset)).fetchall() for token, offset, size in reads]
+    def pages(self, reads: list[tuple[int, tuple[float, int] | None, int]]) -> list[list[tuple[int, float]]]:
+        return [self.db.execute(self.first_sql, (token, size)).fetchall() if after is None else
+                self.db.execute(self.next_sql, (token, after[0], after[0], after[1], size)).fetchall()
+                for token, after, size in reads]
 
     def exact(self, chunk_ids: list[int]) -> dict[int, float]:
         """Each chunk's postings of the query's tokens, by primary key (a seek per chunk)."""
