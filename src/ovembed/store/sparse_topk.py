@@ -19,10 +19,10 @@ ROUNDS = 8  # pages per token at most (each twice the last)
 class Postings(Protocol):
     """A backend's reads of one space's postings, for one query."""
 
-    def pages(self, reads: list[tuple[int, tuple[float, int] | None, int]]) -> list[list[tuple[int, float]]]:
-        """For each (token id, after, size): that token's next `size` postings as (chunk id, weight) in the order
-        weight descending, then chunk id ascending, after the posting `after` = (weight, chunk id) (None: from
-        the first). A page's rows may come in any order."""
+    def pages(self, reads: list[tuple[int, tuple[float, int] | None, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """For each (token id, after, size): that token's next `size` postings, as arrays of chunk ids (int64) and
+        weights (float64), in the order weight descending, then chunk id ascending, after the posting `after` =
+        (weight, chunk id) (None: from the first). A page's postings may come in any order."""
 
     def exact(self, chunk_ids: list[int]) -> dict[int, float]:
         """The full query score of each of `chunk_ids`."""
@@ -44,16 +44,15 @@ class _List:
         """The most this token can add to a chunk not yet read in its list."""
         return 0.0 if self.exhausted else self.weight * self.after[0] if self.after else self.weight
 
-    def take(self, rows: list[tuple[int, float]], size: int) -> int:
-        self.exhausted = len(rows) < size
-        if rows:
-            found = np.asarray(rows, np.float64)
-            ids, weights = found[:, 0].astype(np.int64), found[:, 1]
+    def take(self, page: tuple[np.ndarray, np.ndarray], size: int) -> int:
+        ids, weights = page
+        self.exhausted = len(ids) < size
+        if len(ids):
             self.ids.append(ids)
             self.weights.append(weights)
             lightest = weights.min()
             self.after = (float(lightest), int(ids[weights == lightest].max()))
-        return len(rows)
+        return len(ids)
 
 
 def query_weights(query: SparseVector) -> dict[int, float]:
@@ -75,7 +74,7 @@ def top_k(postings: Postings, query: SparseVector, k: int, page: int, max_rows: 
         if not reading:
             break
         found = postings.pages([(p.token, p.after, size) for p in reading])
-        total += sum(p.take(rows, size) for p, rows in zip(reading, found, strict=True))
+        total += sum(p.take(page, size) for p, page in zip(reading, found, strict=True))
         ids, scores = _partial(lists)
         threshold = float(np.partition(scores, len(scores) - k)[len(scores) - k]) if len(scores) >= k else 0.0
         if sum(p.bound for p in lists) <= threshold or total >= max_rows:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sqlite3
 
+import numpy as np
+
 from ovembed.engine.outputs import SparseVector
 from ovembed.store.base import Hit, content_hash
 from ovembed.store.sparse_topk import query_weights, top_k
@@ -50,10 +52,14 @@ class _Postings:
         self.next_sql = first + " AND weight <= ? AND (weight < ? OR chunk_id > ?) ORDER BY weight DESC, space, " \
                                 "chunk_id LIMIT ?"
 
-    def pages(self, reads: list[tuple[int, tuple[float, int] | None, int]]) -> list[list[tuple[int, float]]]:
-        return [self.db.execute(self.first_sql, (token, size)).fetchall() if after is None else
-                self.db.execute(self.next_sql, (token, after[0], after[0], after[1], size)).fetchall()
-                for token, after, size in reads]
+    def pages(self, reads: list[tuple[int, tuple[float, int] | None, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        for token, after, size in reads:
+            rows = (self.db.execute(self.first_sql, (token, size)) if after is None else
+                    self.db.execute(self.next_sql, (token, after[0], after[0], after[1], size))).fetchall()
+            found = np.asarray(rows, np.float64).reshape(-1, 2)
+            out.append((found[:, 0].astype(np.int64), found[:, 1]))
+        return out
 
     def exact(self, chunk_ids: list[int]) -> dict[int, float]:
         """Each chunk's postings of the query's tokens, by primary key (a seek per chunk)."""

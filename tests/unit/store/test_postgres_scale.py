@@ -249,3 +249,18 @@ def test_lexical_search_reads_postings_by_impact_with_recall_against_exact(postg
         assert 0.9 <= recall < 1.0
         explained = plan(postgres_db, pages_sql(table), ([1, 2], [float("inf"), 0.05], [-1, 10], [20, 40]))
         assert f"Seq Scan on {table}_postings" not in explained and f"{table}_postings_impact" in explained
+
+
+def test_lexical_pages_past_ties_read_every_posting_once(postgres_db):
+    """Equal weights across page boundaries (pages of 10): each page starts past the last (weight, chunk id)
+    read, compared as `real` like the column, so no posting is skipped or read twice."""
+    with PostgresStore(postgres_db, StoreSettings(sparse_page=10)) as store:
+        store.create_space(Space("s", "synthetic", "fp32", 4, sparse=True))  # the first space: indexed at once
+        ids = store.upsert_document("doc", [ChunkInput(f"chunk {i}") for i in range(95)])
+        store.put_vectors("s", [VectorRow(i, np.full(4, 0.5, np.float32),
+                                          {"indices": [5, 7], "values": [0.1, 0.3 if n % 3 else 0.7]})
+                                for n, i in enumerate(ids)])
+        hits = store.search_sparse("s", {"indices": [5, 7], "values": [1.0, 1.0]}, 95)
+    expected = sorted(((0.1 + (0.3 if n % 3 else 0.7), i) for n, i in enumerate(ids)), key=lambda s: (-s[0], s[1]))
+    assert [h.chunk_id for h in hits] == [i for _, i in expected]
+    np.testing.assert_allclose([h.score for h in hits], [s for s, _ in expected], rtol=1e-6)

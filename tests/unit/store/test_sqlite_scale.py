@@ -257,3 +257,17 @@ def test_the_readme_lists_every_store_setting_and_no_other():
     rows = [line for line in readme.splitlines() if line.startswith("| `OVEMBED_STORE_")]
     named = {name for row in rows for name in re.findall(r"`OVEMBED_STORE_([A-Z0-9_]+)`", row.split("|")[1])}
     assert named == {field.upper() for field in StoreSettings.model_fields}
+
+
+def test_lexical_pages_past_ties_read_every_posting_once(tmp_path):
+    """Postings of equal weight across page boundaries: each page starts past the last (weight, chunk id) read,
+    so none is skipped or read twice (a chunk read twice would score double)."""
+    with open_store(str(tmp_path / "store.db"), settings=StoreSettings(sparse_page=10)) as store:
+        store.create_space(Space("m3", "bge-m3", "int8", 4, sparse=True))
+        ids = _fill(store, "m3", corpus_vectors(95, 4, seed=1))
+        store.put_vectors("m3", [VectorRow(int(i), np.full(4, 0.5, np.float32),
+                                           {"indices": [5, 7], "values": [0.25, 0.5 if n % 3 else 0.125]})
+                                 for n, i in enumerate(ids)])
+        hits = store.search_sparse("m3", {"indices": [5, 7], "values": [1.0, 1.0]}, 95)
+    expected = sorted(((0.25 + (0.5 if n % 3 else 0.125), int(i)) for n, i in enumerate(ids)), key=lambda s: (-s[0], s[1]))
+    assert [(h.score, h.chunk_id) for h in hits] == [pytest.approx(e) for e in expected]
