@@ -75,12 +75,13 @@ def build_memory_mb(kind: str, rows: int, dimension: int, settings: StoreSetting
     return max(MIN_BUILD_MB, min(settings.index_memory_max_mb, wanted))
 
 
-def index_ddl(kind: str, table: str, dimension: int, settings: StoreSettings, concurrently: bool) -> sql.Composed:
+def index_ddl(kind: str, table: str, dimension: int, settings: StoreSettings, concurrently: bool,
+              name: str | None = None) -> sql.Composed:
     """CREATE INDEX for the dense column; the expression is the one `dense_search_sql` orders by."""
     expression = {"halfvec": "(dense::halfvec({d})) halfvec_cosine_ops",
                   "binary": "(binary_quantize(dense)::bit({d})) bit_hamming_ops"}[kind]
     return sql.SQL("CREATE INDEX {} IF NOT EXISTS {} ON {} USING hnsw ({}) WITH (m = {}, ef_construction = {})").format(
-        sql.SQL("CONCURRENTLY") if concurrently else sql.SQL(""), sql.Identifier(index_name(table, kind)),
+        sql.SQL("CONCURRENTLY") if concurrently else sql.SQL(""), sql.Identifier(name or index_name(table, kind)),
         sql.Identifier(table), sql.SQL(expression.format(d=int(dimension))), sql.Literal(settings.hnsw_m),
         sql.Literal(settings.hnsw_ef_construction))
 
@@ -105,6 +106,13 @@ def valid_indexes(db: psycopg.Connection, table: str) -> dict[str, bool]:
     rows = db.execute("SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
                       "WHERE i.indrelid = %s::regclass", (sql.Identifier(table).as_string(db),)).fetchall()
     return {names[name]: valid for name, valid in rows if name in names}
+
+
+def graph_options(db: psycopg.Connection, index: str) -> dict[str, int]:
+    """The HNSW parameters an index was built with (its reloptions; pgvector's defaults where none was given)."""
+    row = db.execute("SELECT reloptions FROM pg_class WHERE relname = %s", (index,)).fetchone()
+    given = dict(option.split("=", 1) for option in (row[0] or [] if row else []))
+    return {"m": int(given.get("m", 16)), "ef_construction": int(given.get("ef_construction", 64))}
 
 
 class IndexBuilds:
@@ -133,9 +141,9 @@ class IndexBuilds:
 
     def build_index(self, space: str, progress: Callable[[BuildProgress], None] | None = None,
                     every_s: float = PROGRESS_EVERY_S) -> None:
-        """Build the space's index of the configured kind (settings.pg_index), then drop its other dense indexes:
-        the space is never without one. While it builds, `progress` (default: the log) gets a BuildProgress every
-        `every_s` seconds."""
+        """Build the space's index of the configured kind (settings.pg_index; built again if its HNSW m or
+        ef_construction differ from the settings), then drop its other dense indexes: the space is never without
+        one. While it builds, `progress` (default: the log) gets a BuildProgress every `every_s` seconds."""
         report = progress or (lambda p: log.info("building %s", p.describe()))
         with futures.ThreadPoolExecutor(1, thread_name_prefix="ovembed-index") as builder:
             build = builder.submit(self._build, space)
@@ -146,6 +154,25 @@ class IndexBuilds:
                 except futures.TimeoutError:  # still building (an alias of TimeoutError only from 3.11)
                     if (seen := self.build_progress(space)) is not None:
                         report(seen)
+
+    def _wanted(self) -> dict[str, int]:
+        return {"m": self.settings.hnsw_m, "ef_construction": self.settings.hnsw_ef_construction}
+
+    @staticmethod
+    def _drop(db: psycopg.Connection, name: str) -> None:
+        db.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(name)))
+
+    def _rebuild(self, db: psycopg.Connection, kind: str, table: str, dimension: int, concurrently: bool) -> None:
+        """The index built again with other HNSW parameters, beside the old one (searched until the swap), then
+        swapped in by two renames in one transaction: searches never find the space without an index."""
+        name = index_name(table, kind)
+        self._drop(db, f"{name}_new")  # left by a rebuild that failed
+        self._drop(db, f"{name}_old")
+        db.execute(index_ddl(kind, table, dimension, self.settings, concurrently, name=f"{name}_new"))
+        with db.transaction():
+            db.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(sql.Identifier(name), sql.Identifier(f"{name}_old")))
+            db.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(sql.Identifier(f"{name}_new"), sql.Identifier(name)))
+        self._drop(db, f"{name}_old")
 
     def _build(self, space: str) -> BuildReport:
         started = time.perf_counter()
@@ -172,16 +199,16 @@ class IndexBuilds:
             db.execute(sql.SQL("SET max_parallel_maintenance_workers = {}").format(
                 sql.Literal(self.settings.index_workers)))
             if valid_indexes(db, table).get(kind) is False:  # left by a build that crashed: it never completes
-                db.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
-                    sql.Identifier(index_name(table, kind))))
+                self._drop(db, index_name(table, kind))
             # With rows, others read the space (searches) or write it (ingest fills every space): a plain build
-            # would hold their writes back for its whole length.
+            # would hold their writes back for its whole length. Built with other HNSW settings: built again.
+            if valid_indexes(db, table).get(kind) and graph_options(db, index_name(table, kind)) != self._wanted():
+                self._rebuild(db, kind, table, definition.dimension, concurrently=rows > 0)
             db.execute(index_ddl(kind, table, definition.dimension, self.settings, concurrently=rows > 0))
             if definition.sparse:  # the lexical search's postings by impact, deferred as the dense index is
                 create_impact_index(db, table, concurrently=rows > 0)
             memory = db.execute("SHOW maintenance_work_mem").fetchone()[0]
             for other in valid_indexes(db, table).keys() - {kind}:
-                db.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
-                    sql.Identifier(index_name(table, other))))
+                self._drop(db, index_name(table, other))
         return BuildReport(kind, rows, memory, self.settings.index_workers, rows > 0,
                            round(time.perf_counter() - started, 3))

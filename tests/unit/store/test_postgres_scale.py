@@ -20,7 +20,7 @@ from ovembed.bench.store_data import (
 )
 from ovembed.config import StoreSettings
 from ovembed.store import ChunkInput, Space, VectorRow
-from ovembed.store.pg_index import build_memory_mb, dense_search_sql
+from ovembed.store.pg_index import build_memory_mb, dense_search_sql, graph_options
 from ovembed.store.pg_pool import ConnectionLost
 from ovembed.store.pg_sparse import has_impact_index, pages_sql
 from ovembed.store.postgres import PostgresStore
@@ -264,3 +264,20 @@ def test_lexical_pages_past_ties_read_every_posting_once(postgres_db):
     expected = sorted(((0.1 + (0.3 if n % 3 else 0.7), i) for n, i in enumerate(ids)), key=lambda s: (-s[0], s[1]))
     assert [h.chunk_id for h in hits] == [i for _, i in expected]
     np.testing.assert_allclose([h.score for h in hits], [s for s, _ in expected], rtol=1e-6)
+
+
+def test_an_index_built_with_other_hnsw_settings_is_built_again_and_swapped_in(postgres_db):
+    store, ids, vectors = filled(postgres_db, 1500, 32)
+    with store:
+        store.build_index("s")
+        table = table_of(store, "s")
+        with psycopg.connect(postgres_db, autocommit=True) as conn:
+            assert graph_options(conn, f"{table}_halfvec") == {"m": 16, "ef_construction": 64}
+    with PostgresStore(postgres_db, StoreSettings(hnsw_m=8, hnsw_ef_construction=40)) as store:
+        store.build_index("s")  # the same kind, other parameters: a new graph beside the old, then the swap
+        assert store.dense_index("s") == "halfvec" and recall_at_10(store, ids, vectors) >= 0.95
+        store.build_index("s")  # the same parameters again: left as it is
+    with psycopg.connect(postgres_db, autocommit=True) as conn:
+        assert graph_options(conn, f"{table}_halfvec") == {"m": 8, "ef_construction": 40}
+        names = {n for (n,) in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s", (table,))}
+    assert names == {f"{table}_pkey", f"{table}_halfvec"}
