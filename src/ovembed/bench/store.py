@@ -192,7 +192,7 @@ def _measure(opts: SearchOptions, label: str, url: str, pid: int, folder: Path) 
         fill = run_child("ovembed.bench.store_fill:fill_worker", plan, show_progress=True)
         if "error" in fill:
             return fill
-    if backend(url) == "postgresql":
+    if pid:  # the bench's own embedded server; a user's database (--db) gets no extension created in it
         fill["prewarm"] = prewarm(url)
     figures = {"fill": fill, **run_child("ovembed.bench.store_probe:probe_worker", plan, show_progress=True)}
     if "error" in figures:

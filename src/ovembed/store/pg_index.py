@@ -198,12 +198,13 @@ class IndexBuilds:
             db.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(f"{memory}MB")))
             db.execute(sql.SQL("SET max_parallel_maintenance_workers = {}").format(
                 sql.Literal(self.settings.index_workers)))
-            if valid_indexes(db, table).get(kind) is False:  # left by a build that crashed: it never completes
+            state = valid_indexes(db, table).get(kind)
+            if state is False:  # left by a build that crashed: it never completes
                 self._drop(db, index_name(table, kind))
-            # With rows, others read the space (searches) or write it (ingest fills every space): a plain build
-            # would hold their writes back for its whole length. Built with other HNSW settings: built again.
-            if valid_indexes(db, table).get(kind) and graph_options(db, index_name(table, kind)) != self._wanted():
+            elif state and graph_options(db, index_name(table, kind)) != self._wanted():  # other HNSW settings
                 self._rebuild(db, kind, table, definition.dimension, concurrently=rows > 0)
+            # With rows, others read the space (searches) or write it (ingest fills every space): a plain build
+            # would hold their writes back for its whole length.
             db.execute(index_ddl(kind, table, definition.dimension, self.settings, concurrently=rows > 0))
             if definition.sparse:  # the lexical search's postings by impact, deferred as the dense index is
                 create_impact_index(db, table, concurrently=rows > 0)

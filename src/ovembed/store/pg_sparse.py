@@ -116,12 +116,13 @@ def scan_sql(table: str) -> sql.Composed:
                    "ORDER BY score DESC, chunk_id LIMIT %s").format(sql.Identifier(table))
 
 
-def search_postings(db: Connection, table: str, query: SparseVector, k: int, page: int, max_rows: int,
-                    shortlist: int) -> list[Hit]:
-    """The k best chunks by the sum of weight products over shared tokens, ties by chunk id, score > 0."""
-    vector = to_sparsevec(query)
-    if not query_weights(query):
+def search_postings(db: Connection, table: str, query: SparseVector, vector: PgSparseVector, k: int, page: int,
+                    max_rows: int, shortlist: int) -> list[Hit]:
+    """The k best chunks by the sum of weight products over shared tokens, ties by chunk id, score > 0 (`vector`:
+    the query as to_sparsevec made it)."""
+    weights = query_weights(query)
+    if not weights:
         return []
     if has_impact_index(db, table):
-        return top_k(_Postings(db, table, vector), query, k, page, max_rows, shortlist)
+        return top_k(_Postings(db, table, vector), weights, k, page, max_rows, shortlist)
     return [Hit(chunk_id, float(score)) for chunk_id, score in db.execute(scan_sql(table), (vector, vector, k))]

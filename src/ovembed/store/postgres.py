@@ -332,14 +332,14 @@ class PostgresStore(IndexBuilds, LiveWrites, Store):
         return [Hit(chunk_id, float(score)) for chunk_id, score in rows]
 
     def search_sparse(self, space: str, query: SparseVector, k: int) -> list[Hit]:
-        to_sparsevec(query)  # checked before the space: bad weights are the caller's error whatever the space
+        vector = to_sparsevec(query)  # checked before the space: bad weights are the caller's error whatever the space
         if not query["indices"] or k <= 0:
             return []
         with self._tx() as db:
             definition, table = self._table(db, space)
             if not definition.sparse:
                 return []  # no lexical weights kept
-            return search_postings(db, table.as_string(db).strip('"'), query, k, self.settings.sparse_page,
+            return search_postings(db, table.as_string(db).strip('"'), query, vector, k, self.settings.sparse_page,
                                    self.settings.sparse_max_rows, self.settings.sparse_shortlist)
 
     def close(self) -> None:

@@ -88,6 +88,16 @@ def statements(script: str) -> list[str]:
             pending = ""
     return [s for s in [*out, pending.strip()] if s.rstrip(";").strip()]
 
+
+def apply_sqlite_step(conn, step) -> None:
+    """One SQLite migration step: its statements, or a callable for a step that looks at the data (schema 5)."""
+    if callable(step):
+        step(conn)
+        return
+    for statement in statements(step):
+        conn.execute(statement)
+
+
 POSTGRES_MIGRATIONS = [
     """
     CREATE TABLE documents (id text PRIMARY KEY, metadata jsonb NOT NULL, updated_at timestamptz NOT NULL);

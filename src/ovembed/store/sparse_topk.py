@@ -63,10 +63,12 @@ def query_weights(query: SparseVector) -> dict[int, float]:
     return {token: weight for token, weight in merged.items() if weight > 0}
 
 
-def top_k(postings: Postings, query: SparseVector, k: int, page: int, max_rows: int, shortlist: int) -> list[Hit]:
-    """Chunks by the sum of weight products over shared tokens, best first, ties by chunk id, score > 0. Exact
-    unless it stops at `max_rows` postings read or more than `shortlist` chunks could still be in the top k."""
-    lists = [_List(token, weight) for token, weight in query_weights(query).items()]
+def top_k(postings: Postings, weights: dict[int, float], k: int, page: int, max_rows: int, shortlist: int
+          ) -> list[Hit]:
+    """Chunks by the sum of weight products over shared tokens (`weights`: the query's, from query_weights), best
+    first, ties by chunk id, score > 0. Exact unless it stops at `max_rows` postings read or more than `shortlist`
+    chunks could still be in the top k."""
+    lists = [_List(token, weight) for token, weight in weights.items()]
     total, size, threshold = 0, page, 0.0
     ids, scores = np.zeros(0, np.int64), np.zeros(0, np.float64)
     for _ in range(ROUNDS):

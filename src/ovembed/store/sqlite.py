@@ -33,7 +33,7 @@ from ovembed.store.base import (
     store_error,
 )
 from ovembed.store.schema import SQLITE_MIGRATIONS as MIGRATIONS
-from ovembed.store.schema import statements
+from ovembed.store.schema import apply_sqlite_step
 from ovembed.store.sqlite_ann import DenseIndex, remove_files, space_key
 from ovembed.store.sqlite_sparse import create_impact_index, drop_impact_index, search_sparse
 
@@ -79,8 +79,7 @@ class SQLiteStore(Store):
             row = self.conn.execute("SELECT version FROM schema_version").fetchone()
             version = row[0] if row else 0
             for step in MIGRATIONS[version:]:
-                for statement in [step] if callable(step) else statements(step):
-                    statement(self.conn) if callable(statement) else self.conn.execute(statement)
+                apply_sqlite_step(self.conn, step)
             if row is None:
                 self.conn.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
             else:
@@ -250,8 +249,6 @@ class SQLiteStore(Store):
                     raise self._incomplete(name, len(chunks))
             db.execute("UPDATE spaces SET active = 0, state = ? WHERE active = 1 AND name <> ?", (RETAINED, name))
             db.execute("UPDATE spaces SET active = 1, state = ? WHERE name = ?", (ACTIVE, name))
-            if definition.sparse:  # built by activate's build_index, unless the store was older than that
-                create_impact_index(db, name)
 
     def drop_space(self, name: str) -> None:
         with self._tx() as db:  # the check and the delete in one transaction: an activation cannot slip between

@@ -82,7 +82,7 @@ def search_sparse(db: sqlite3.Connection, space: str, query: SparseVector, k: in
     if not weights:
         return []
     if has_impact_index(db, space):
-        return top_k(_Postings(db, space, weights), query, k, page, max_rows, shortlist)
+        return top_k(_Postings(db, space, weights), weights, k, page, max_rows, shortlist)
     return _scan(db, space, weights, k)
 
 

@@ -276,8 +276,11 @@ def test_an_index_built_with_other_hnsw_settings_is_built_again_and_swapped_in(p
     with PostgresStore(postgres_db, StoreSettings(hnsw_m=8, hnsw_ef_construction=40)) as store:
         store.build_index("s")  # the same kind, other parameters: a new graph beside the old, then the swap
         assert store.dense_index("s") == "halfvec" and recall_at_10(store, ids, vectors) >= 0.95
+        with psycopg.connect(postgres_db, autocommit=True) as conn:
+            swapped = conn.execute("SELECT %s::regclass::oid", (f"{table}_halfvec",)).fetchone()[0]
         store.build_index("s")  # the same parameters again: left as it is
     with psycopg.connect(postgres_db, autocommit=True) as conn:
+        assert conn.execute("SELECT %s::regclass::oid", (f"{table}_halfvec",)).fetchone()[0] == swapped
         assert graph_options(conn, f"{table}_halfvec") == {"m": 8, "ef_construction": 40}
         names = {n for (n,) in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s", (table,))}
     assert names == {f"{table}_pkey", f"{table}_halfvec"}
