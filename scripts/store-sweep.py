@@ -1,0 +1,53 @@
+"""Search a store kept by `ovembed bench store search --keep DIR` again under each of several store settings in
+turn, in one process, and print dense recall@k and latency for each: the beam sweeps of docs/benchmarks.md.
+
+    python scripts/store-sweep.py DIR/sqlite ann_expansion_search=512 ann_expansion_search=4096 \\
+        ann_expansion_search=512,ann_candidates=50
+    python scripts/store-sweep.py DIR/postgresql hnsw_ef_search=100 hnsw_ef_search=1000
+
+A setting list is comma-separated `name=value` pairs of ovembed.config.StoreSettings (env OVEMBED_STORE_*). The
+first queries of each list are warm-up (as the bench's); the figures are over the timed ones. A PostgreSQL
+store is started on its kept data, with its indexes prewarmed."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from pathlib import Path
+
+from ovembed.bench.store import embedded_postgres, prewarm
+from ovembed.bench.store_fill import SPACE, WARMUP_QUERIES, load_truth
+from ovembed.bench.store_probe import timed
+from ovembed.config import StoreSettings
+from ovembed.store import open_store
+
+
+def settings(spec: str) -> StoreSettings:
+    return StoreSettings(**dict(pair.split("=", 1) for pair in spec.split(",")))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path, help="a backend's folder under the --keep DIR (sqlite or postgresql)")
+    parser.add_argument("settings", nargs="+", help="name=value[,name=value...] per run")
+    parser.add_argument("--pg-shared-buffers", default="4GB")
+    args = parser.parse_args()
+    truth, queries = load_truth(args.folder)
+    k = len(truth["dense"][0])
+    postgres = (args.folder / "pgdata").is_dir()
+    with (embedded_postgres(args.folder, args.pg_shared_buffers) if postgres else contextlib.nullcontext()) as server:
+        url = server[0] if postgres else str(args.folder / "store.db")
+        if postgres:  # as the bench does: the searched indexes in shared_buffers
+            print(f"prewarmed: {prewarm(url)}", flush=True)
+        for spec in args.settings:
+            with open_store(url, create=False, settings=settings(spec)) as store:
+                for query in queries[:WARMUP_QUERIES]:
+                    store.search_dense(SPACE, query, k)
+                found = timed(lambda q, s=store: s.search_dense(SPACE, q, k), list(queries[WARMUP_QUERIES:]),
+                              truth["dense"])
+            print(f"{spec}: recall@{k} {found['recall']:.3f}, p50 {found['p50_ms']:.1f} ms, "
+                  f"p95 {found['p95_ms']:.1f} ms", flush=True)
+
+
+if __name__ == "__main__":
+    main()
