@@ -9,7 +9,12 @@ Levina-Bickel (-1 / mean_{i<k} log(d_i / d_k), Euclidean distances to the k near
 gap is the median of cos@1 - cos@10 and cos@10 - cos@100. "points" probe from stored vectors (themselves left
 out); "queries" are XQuAD questions (real) or the generator's queries. target: median cosine of a query to its
 relevant paragraph / the vector it was made from; hit@1: how often that is the nearest. Embedding the real pool
-takes ~20 min on 2 cores; with --cache (a path outside the repo) later runs take ~20 s."""
+takes ~20 min on 2 cores; with --cache (a path outside the repo) later runs take ~20 s.
+
+With --hnsw it also asks whether the queries are as hard for an HNSW graph as real ones: recall@10 against exact
+search at each beam (usearch, float32, connectivity 16, expansion_add 128: the SQLite store's graph without its
+int8 rounding), for real questions and for the graded generator's queries over a pool of the same size and 384
+dimensions. ~2 min more."""
 
 from __future__ import annotations
 
@@ -19,7 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ovembed.bench.store_data import corpus_vectors, graded_corpus_vectors, graded_query_vectors, query_vectors
+from ovembed.bench.store_data import (
+    corpus_vectors,
+    exact_dense_top,
+    graded_corpus_vectors,
+    graded_query_vectors,
+    query_vectors,
+)
 from ovembed.quality.datasets import load_retrieval, load_sts
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -101,12 +112,48 @@ def synthetic(n: int, dim: int, sample: int, seed: int) -> list:
     return rows
 
 
+BEAMS = (10, 20, 40, 80, 160, 320)
+
+
+def hnsw_recall(pool: np.ndarray, queries: np.ndarray, k: int = 10) -> list[float]:
+    """recall@k of an HNSW graph over `pool` against exact search, at each of BEAMS."""
+    from usearch.index import Index
+
+    ids = np.arange(len(pool))
+    truth = exact_dense_top(pool, ids, queries, k)
+    graph = Index(ndim=pool.shape[1], metric="ip", dtype="f32", connectivity=16, expansion_add=128)
+    graph.add(ids, pool)
+    recalls = []
+    for beam in BEAMS:
+        graph.expansion_search = beam
+        found = graph.search(queries, k).keys
+        recalls.append(float(np.mean([len(truth[i] & set(found[i].tolist())) / k for i in range(len(queries))])))
+    return recalls
+
+
+def hardness(real: dict[str, np.ndarray], sample: int, seed: int) -> None:
+    """The --hnsw table: real questions (all, English) against the real pool; the graded generator's queries and
+    stored points against a graded pool of the same size and width."""
+    rng = np.random.default_rng(seed)
+    pool, questions = real["pool"].astype(np.float32), real["questions"].astype(np.float32)
+    english = questions[real["languages"] == "en"]
+    graded = graded_corpus_vectors(len(pool), pool.shape[1], seed)
+    rows = [("real questions", pool, questions[rng.choice(len(questions), sample, replace=False)]),
+            ("real questions en", pool, english[rng.choice(len(english), min(sample, len(english)), replace=False)]),
+            ("graded queries", graded, graded_query_vectors(graded, sample, seed + 1)),
+            ("graded points", graded, graded[rng.choice(len(graded), sample, replace=False)])]
+    print(f"\n{'recall@10 at beam':<22} " + " ".join(f"{b:>6}" for b in BEAMS))
+    for name, data, asked in rows:
+        print(f"{name:<22} " + " ".join(f"{r:>6.3f}" for r in hnsw_recall(data, asked)), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--sample", type=int, default=500)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--cache", type=Path, help="an .npz to keep the real embeddings in (outside the repo)")
+    parser.add_argument("--hnsw", action="store_true", help="also: HNSW recall per beam, real vs graded queries")
     args = parser.parse_args()
     started = time.perf_counter()
     real = real_embeddings(args.data, args.cache)
@@ -120,6 +167,8 @@ def main() -> None:
     for name, values in rows:
         cells = ("-" if np.isnan(v) else f"{v:.1f}" if i < 2 else f"{v:.3f}" for i, v in enumerate(values))
         print(f"{name:<22} " + " ".join(f"{c:>{w}}" for c, w in zip(cells, (7, 8, 8, 9, 7, 6))))
+    if args.hnsw:
+        hardness(real, 1000, args.seed)
 
 
 if __name__ == "__main__":
