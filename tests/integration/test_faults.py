@@ -298,6 +298,7 @@ def _when_vectors(url: str, space: str, at_least: int, timeout: float = 120) -> 
     raise TimeoutError(f"{space} never reached {at_least} vectors")
 
 
+@pytest.mark.slow
 def test_postgres_restarted_during_reembed_the_job_retries_and_loses_nothing(
         restartable_pg, tiny_embedder, minilm_embedder, capsys):
     from ovembed.reembed import reembed
@@ -346,6 +347,7 @@ def test_postgres_restarted_during_reembed_the_job_retries_and_loses_nothing(
     np.testing.assert_allclose(np.vstack([dense[c.id] for c in sample]), expected, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_an_outage_longer_than_the_retries_stops_cleanly_and_a_rerun_resumes(
         restartable_pg, tiny_embedder, minilm_embedder, capsys):
     from ovembed.reembed import reembed
@@ -397,6 +399,7 @@ def _quantize_with_file_limit(source: Path, output: Path, limit: int) -> subproc
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_disk_full_while_quantizing_leaves_no_loadable_partial_model(tiny_m3_source, tiny_m3_fp32, tmp_path):
     models = tmp_path / "models"
     output = _copy(tiny_m3_fp32, models / "tiny-bge-m3-fp32")  # a model published earlier, to be replaced
@@ -417,6 +420,7 @@ def test_disk_full_while_quantizing_leaves_no_loadable_partial_model(tiny_m3_sou
     EmbeddingModel(output)  # still loads: checksums and all
 
 
+@pytest.mark.slow
 def test_disk_full_on_a_first_quantize_leaves_nothing_at_the_output(tiny_m3_source, tmp_path):
     output = tmp_path / "models" / "tiny"
     # 200 kB: OpenVINO's save_model fails (RuntimeError 'basic_ios::clear: iostream error').

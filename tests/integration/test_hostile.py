@@ -63,6 +63,7 @@ def assert_named_error(r: httpx.Response, case: str) -> None:
 # --- 1. property-based fuzzing of every route in /openapi.json ---------------------------------------------
 
 
+@pytest.mark.slow
 def test_fuzz_every_route_from_the_openapi_schema(server, baseline):
     import schemathesis
     from hypothesis import HealthCheck, Phase, given, settings
@@ -295,6 +296,7 @@ def send_chunked_over_the_limit(server) -> None:
     assert r.status_code == 413
 
 
+@pytest.mark.slow
 def test_many_concurrent_connections_are_all_answered(server, baseline):
     send_concurrently(server)
 
@@ -338,6 +340,7 @@ def guarded(minilm_int8, tmp_path_factory):
 AUTH = {"Authorization": "Bearer sk-correct-horse-battery"}
 
 
+@pytest.mark.slow
 def test_slowloris_clients_are_cut_off_and_never_block_others(guarded):
     port = guarded.port
 
@@ -479,6 +482,7 @@ def test_cors_headers_are_never_sent_by_default(server):
 # --- all of it at once ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_server_survives_every_hand_written_request_with_bounded_memory_and_no_5xx(server, baseline):
     # The whole hand-written battery, sent here again: the check holds whether the tests above ran before, after
     # or not at all. `baseline` is the server as the first test of this module that asked for it found it.

@@ -20,9 +20,9 @@ from ovembed.store import Space, open_store
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def local_ray():
-    """One small local Ray for the module (reembed_ray joins it), shut down so later tests never see it."""
+    """One small local Ray for the module's runs (reembed_ray joins it), shut down so later tests never see it."""
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
@@ -54,6 +54,8 @@ def _vectors_by_position(db: str, space: str) -> dict[tuple[str, int], np.ndarra
     return {(c.doc_id, c.seq): dense[c.id] for c in chunks if c.id in dense}
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")
 def test_ray_reembed_reaches_the_same_final_state_as_the_local_job(postgres_db, fresh_postgres_db, shared_data,
                                                                  minilm_int8, tiny_m3_fp32):
     docs = read_documents(str(shared_data / "xquad" / "de" / "corpus.jsonl"))[:60]
@@ -88,6 +90,7 @@ def test_ray_reembed_reaches_the_same_final_state_as_the_local_job(postgres_db, 
         assert store.active_space().name == space
 
 
+@pytest.mark.usefixtures("local_ray")
 def test_ray_reembed_on_sqlite_fills_only_what_an_interrupted_run_left(tmp_path, shared_data, minilm_int8,
                                                                       tiny_m3_fp32):
     db = str(tmp_path / "store.db")
@@ -148,6 +151,8 @@ class ConnectionKiller(threading.Thread):
         return conn.execute(f"SELECT count(pg_terminate_backend(pid)) {waiting}").fetchone()[0]
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")
 def test_ray_reembed_retries_the_ranges_of_actors_whose_connections_were_lost(postgres_db, shared_data,
                                                                               minilm_int8, tiny_m3_fp32):
     chunks = _ingest(postgres_db, minilm_int8, read_documents(str(shared_data / "xquad" / "de" / "corpus.jsonl"))[:40])

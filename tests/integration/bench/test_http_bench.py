@@ -33,6 +33,7 @@ def table_rows(stdout: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
 
 
+@pytest.mark.slow
 def test_http_bench_short_run_has_no_errors_and_compares_with_the_engine(service, minilm_int8, tmp_path):
     out = tmp_path / "http.json"
     proc = run_bench("--url", service.url, "--seconds", "1", "--concurrency", "1,4", "--tokens", "16",

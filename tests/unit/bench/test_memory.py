@@ -14,6 +14,7 @@ from ovembed.bench.common import int8_dot_products
 from ovembed.bench.memory import fit_formula, memory_rows, memory_table, predicted_peak, run_memory
 
 
+@pytest.mark.slow
 def test_peak_memory_grows_with_the_budget_and_the_fitted_formula_predicts_a_larger_budget(tiny_m3_fp32):
     report = run_memory(tiny_m3_fp32, budgets=[1024, 4096, 16384], infer_requests=[1, 2], scenarios=["batch"])
     print(memory_table(report))

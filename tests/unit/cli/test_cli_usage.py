@@ -86,6 +86,7 @@ def test_validate_talks_to_ovembed_url_and_fails_the_check_when_unreachable():
     assert report["url"] == url and report["passed"] is False
 
 
+@pytest.mark.slow
 def test_a_model_folder_wins_over_a_url_from_the_environment(tmp_path, minilm_int8):
     db = str(tmp_path / "s.db")
     (tmp_path / "a.txt").write_text("The Eiffel Tower is in Paris.")

@@ -79,6 +79,7 @@ def test_int8_weights_failure_points_to_int8_which_adapts(tiny_m3_source, tmp_pa
     assert "tried 1 way (int8-weights" in message and "Next: --precision int8, which adapts" in message
 
 
+@pytest.mark.slow
 def test_the_manifest_names_each_linear_layer_as_pytorch_does_and_says_how_it_computes(tiny_m3_source):
     """MatMuls left float (here: all but a few, by op type) are named by their PyTorch module in the manifest."""
     import torch

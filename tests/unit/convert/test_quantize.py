@@ -28,7 +28,11 @@ def st_minilm(minilm_source):
     return SentenceTransformer(str(minilm_source), device="cpu")
 
 
-@pytest.mark.parametrize("folder_fixture", ["minilm_int8", "minilm_int8_weights"])
+# The weight-only recipe (the seed's) in the full run only: its conversion alone takes ~10 s.
+RECIPES = ["minilm_int8", pytest.param("minilm_int8_weights", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("folder_fixture", RECIPES)
 def test_minilm_manifest_records_source_pooling_and_gate(folder_fixture, request):
     folder = request.getfixturevalue(folder_fixture)
     m = Manifest.read(folder)
@@ -46,7 +50,7 @@ def test_minilm_manifest_records_source_pooling_and_gate(folder_fixture, request
     assert not [p for p in folder.parent.iterdir() if ".partial-" in p.name]
 
 
-@pytest.mark.parametrize("folder_fixture", ["minilm_int8", "minilm_int8_weights"])
+@pytest.mark.parametrize("folder_fixture", RECIPES)
 def test_minilm_int8_close_to_sentence_transformers_fp32(folder_fixture, request, st_minilm):
     model = load_model(request.getfixturevalue(folder_fixture))
     texts = builtin_texts("verification.txt") + builtin_texts("calibration.txt")[:100]
@@ -56,7 +60,7 @@ def test_minilm_int8_close_to_sentence_transformers_fp32(folder_fixture, request
     assert cos.mean() >= 0.99 and cos.min() >= 0.97, (cos.mean(), cos.min())
 
 
-@pytest.mark.parametrize("folder_fixture", ["minilm_int8", "minilm_int8_weights"])
+@pytest.mark.parametrize("folder_fixture", RECIPES)
 def test_minilm_int8_stsb_en_spearman(folder_fixture, request, shared_data):
     with open(shared_data / "stsb_multi_mt" / "en" / "pairs.tsv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
@@ -68,6 +72,7 @@ def test_minilm_int8_stsb_en_spearman(folder_fixture, request, shared_data):
     assert rho >= 0.81, rho  # published fp32: 0.820
 
 
+@pytest.mark.slow
 def test_gate_refuses_a_scrambled_model_with_exit_1(tiny_m3_source, tmp_path, monkeypatch, capsys):
     from ovembed.convert import quantize as recipes
 
@@ -89,6 +94,7 @@ def test_gate_refuses_a_scrambled_model_with_exit_1(tiny_m3_source, tmp_path, mo
     assert list(tmp_path.iterdir()) == []  # no staging folder left behind
 
 
+@pytest.mark.slow
 def test_no_gate_keeps_a_failing_model_and_records_the_failure(tiny_m3_source, tmp_path, capsys):
     out = tmp_path / "kept"
     # An fp32 export agrees to ~1.0; a threshold above 1 makes it fail honestly.
@@ -100,6 +106,7 @@ def test_no_gate_keeps_a_failing_model_and_records_the_failure(tiny_m3_source, t
     assert "FAILED" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_quantize_replaces_an_existing_model_folder(tiny_m3_source, tmp_path):
     out = tmp_path / "m"
     assert cli_main(["quantize", str(tiny_m3_source), "--precision", "fp16", "--output", str(out)]) == 0
@@ -155,6 +162,7 @@ def test_bad_quantize_input_exits_2_with_a_message(args, message, tiny_m3_source
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_quantize_json_output(tiny_m3_source, tmp_path):
     proc = _run_cli("quantize", str(tiny_m3_source), "--precision", "fp32", "--output", str(tmp_path / "j"), "--json")
     assert proc.returncode == 0, proc.stderr

@@ -66,6 +66,7 @@ def _mixed_texts(n: int) -> list[str]:
     return [" ".join(rng.choice(words, size=int(rng.integers(0, 120)))) for _ in range(n)]
 
 
+@pytest.mark.slow
 def test_thousand_mixed_texts_keep_order_and_match_one_at_a_time(minilm_fp32):
     model = load_model(minilm_fp32)
     texts = _mixed_texts(1000)
@@ -76,6 +77,7 @@ def test_thousand_mixed_texts_keep_order_and_match_one_at_a_time(minilm_fp32):
     np.testing.assert_allclose(batched.dense, singles, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("folder_fixture", ["minilm_int8", "minilm_int8_weights"])
 def test_int8_batched_results_agree_with_one_at_a_time(folder_fixture, request):
     # Static INT8 is not bit-stable across batch shapes: a different kernel blocking can flip one
