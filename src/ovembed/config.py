@@ -96,7 +96,8 @@ class StoreSettings(BaseSettings):
     pg_index: Literal["halfvec", "binary"] = "halfvec"
     hnsw_m: int = Field(16, ge=2, le=100)
     hnsw_ef_construction: int = Field(64, ge=4, le=1000)
-    hnsw_ef_search: int = Field(100, ge=1, le=1000)  # raised to 4 k for larger k
+    # Raised to 4 k for larger k. Past 1000 (pgvector's cap) the scan goes on iteratively to this many candidates.
+    hnsw_ef_search: int = Field(100, ge=1, le=20_000)
     rerank_factor: int = Field(4, ge=1, le=100)  # binary index: candidates re-scored exactly per result
     # Index builds: maintenance_work_mem sized from the row count up to this cap, and parallel workers.
     index_memory_max_mb: int = Field(4096, ge=64)

@@ -99,6 +99,30 @@ def dense_search_sql(table: str, kind: str | None, dimension: int) -> sql.Compos
                    "LIMIT %s) c ORDER BY score DESC, chunk_id LIMIT %s").format(sql.Identifier(table), sql.SQL(order))
 
 
+PGVECTOR_MAX_EF = 1000  # pgvector's cap on hnsw.ef_search
+
+
+def hnsw_scan(db: psycopg.Connection, kind: str | None, settings: StoreSettings, k: int) -> int:
+    """Set up this transaction's HNSW scan for k results; returns how many candidates to re-score exactly.
+
+    The index orders by an approximation (half precision, or bits); its best `shortlist` are re-scored exactly on
+    the float32 column. Halfvec distances are within ~1e-3 of exact: k more candidates catch the swaps at the cut;
+    bits rank coarsely: rerank_factor candidates per result. HNSW returns at most ef_search candidates, so the beam
+    is at least the shortlist (and 4 k: top-k stays exact on small tables). Past pgvector's cap of 1000 the scan
+    goes on iteratively (pgvector >= 0.8, relaxed order) until it has read `beam` candidates, all re-scored: the
+    only way past recall ~0.93 at 1M on question-like queries (docs/benchmarks.md), at ~40 ms for 2000."""
+    shortlist = k * (settings.rerank_factor if kind == "binary" else 2)
+    beam = max(settings.hnsw_ef_search, 4 * k, shortlist)
+    db.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(min(PGVECTOR_MAX_EF, beam)),))
+    if kind is None or beam <= PGVECTOR_MAX_EF:
+        return shortlist
+    # An older pgvector has no iterative scan (and reserves the prefix): it then returns up to 1000, as before.
+    if db.execute("SELECT current_setting('hnsw.iterative_scan', true) IS NOT NULL").fetchone()[0]:
+        db.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), "
+                   "set_config('hnsw.max_scan_tuples', %s, true)", (str(max(20_000, 10 * beam)),))
+    return beam
+
+
 def valid_indexes(db: psycopg.Connection, table: str) -> dict[str, bool]:
     """The dense indexes on `table` by kind, and whether each is valid (a crashed concurrent build leaves one
     invalid: never used by searches, kept up by writes)."""

@@ -23,7 +23,7 @@ from ovembed.config import StoreSettings
 from ovembed.engine.outputs import SparseVector
 from ovembed.errors import ErrorKind, OvembedError
 from ovembed.store.base import Chunk, ChunkInput, Hit, Space, SpaceStatus, Store, VectorRow, content_hash, store_error
-from ovembed.store.pg_index import IndexBuilds, dense_search_sql, index_ddl
+from ovembed.store.pg_index import IndexBuilds, dense_search_sql, hnsw_scan, index_ddl
 from ovembed.store.pg_live import INGEST_LOCK, LiveWrites
 from ovembed.store.pg_pool import ConnectionLost, Sessions, reason
 from ovembed.store.pg_sparse import (
@@ -320,13 +320,7 @@ class PostgresStore(IndexBuilds, LiveWrites, Store):
                 return []
             name = table.as_string(db).strip('"')
             index = self._searched_index(db, name)
-            # The index orders by an approximation (half precision, or bits); its best `shortlist` are re-scored
-            # exactly on the float32 column. Halfvec distances are within ~1e-3 of exact: k more candidates catch
-            # the swaps at the cut; bits rank coarsely: rerank_factor candidates per result.
-            shortlist = k * (self.settings.rerank_factor if index == "binary" else 2)
-            # HNSW returns at most ef_search candidates; a wide beam keeps top-k exact on small tables too.
-            ef_search = min(1000, max(self.settings.hnsw_ef_search, 4 * k, shortlist))
-            db.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef_search),))
+            shortlist = hnsw_scan(db, index, self.settings, k)
             rows = db.execute(dense_search_sql(name, index, definition.dimension),
                               (query, query, shortlist, k)).fetchall()
         return [Hit(chunk_id, float(score)) for chunk_id, score in rows]

@@ -82,6 +82,22 @@ def test_halfvec_expression_index_carries_the_settings_and_the_search_uses_it(po
         assert recall_at_10(store, ids, vectors) >= 0.95
 
 
+def test_past_pgvector_s_beam_of_1000_the_scan_goes_on_iteratively(postgres_db):
+    # pgvector returns at most hnsw.ef_search (capped at 1000) rows from an HNSW scan; before the iterative scan a
+    # search for 1500 got 1000. A beam past 1000 (OVEMBED_STORE_HNSW_EF_SEARCH) reads that many candidates.
+    store, ids, vectors = filled(postgres_db, 3000, 16, StoreSettings(hnsw_ef_search=2500))
+    with store:
+        store.build_index("s")
+        query = query_vectors(vectors, 1, 3)[0]
+        hits = store.search_dense("s", query, 1500)
+        exact = vectors @ query
+        assert len(hits) == len({h.chunk_id for h in hits}) == 1500
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+        best = set(ids[np.argsort(-exact)[:1500]].tolist())
+        assert len(best & {h.chunk_id for h in hits}) / 1500 >= 0.95
+        assert recall_at_10(store, ids, vectors) >= 0.95  # k = 10 with a beam of 2500: every candidate re-scored
+
+
 def test_binary_quantized_index_with_reranking_keeps_recall(postgres_db):
     # 256 dims: few bits per vector, many near-ties in Hamming distance; measured recall@10 on this corpus:
     # rerank_factor 4 -> 0.95, 8 -> 0.963, 10 -> 0.965 (at 1024 dims the bits separate better).
