@@ -110,16 +110,18 @@ def hnsw_scan(db: psycopg.Connection, kind: str | None, settings: StoreSettings,
     bits rank coarsely: rerank_factor candidates per result. HNSW returns at most ef_search candidates, so the beam
     is at least the shortlist (and 4 k: top-k stays exact on small tables). Past pgvector's cap of 1000 the scan
     goes on iteratively (pgvector >= 0.8, relaxed order) until it has read `beam` candidates, all re-scored: the
-    only way past recall ~0.93 at 1M on question-like queries (docs/benchmarks.md), at ~40 ms for 2000."""
+    only way past recall ~0.93 at 1M on question-like queries (docs/benchmarks.md: 0.97 at ~43 ms with 1500)."""
     shortlist = k * (settings.rerank_factor if kind == "binary" else 2)
+    if kind is None:  # no index: an exact scan
+        return shortlist
     beam = max(settings.hnsw_ef_search, 4 * k, shortlist)
     db.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(min(PGVECTOR_MAX_EF, beam)),))
-    if kind is None or beam <= PGVECTOR_MAX_EF:
+    if beam <= PGVECTOR_MAX_EF:
         return shortlist
-    # An older pgvector has no iterative scan (and reserves the prefix): it then returns up to 1000, as before.
-    if db.execute("SELECT current_setting('hnsw.iterative_scan', true) IS NOT NULL").fetchone()[0]:
-        db.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), "
-                   "set_config('hnsw.max_scan_tuples', %s, true)", (str(max(20_000, 10 * beam)),))
+    # In the same statement as its guard: a pgvector older than 0.8 has no iterative scan (and reserves the prefix,
+    # so setting it would fail); there the scan returns up to 1000, as before.
+    db.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), set_config('hnsw.max_scan_tuples', "
+               "%s, true) WHERE current_setting('hnsw.iterative_scan', true) IS NOT NULL", (str(max(20_000, 10 * beam)),))
     return beam
 
 

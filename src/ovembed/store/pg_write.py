@@ -16,9 +16,11 @@ STAGE_VECTORS = "pg_temp.ovembed_stage_vectors"
 
 
 def prepare_session(db: psycopg.Connection) -> None:
-    """Each pooled connection, once: pgvector's types, and the staging table (temporary: one per session, so
+    """Each pooled connection, once: pgvector's types, its library loaded (its settings, hnsw.*, exist only from
+    then on: a search reads them before its first vector), and the staging table (temporary: one per session, so
     concurrent writers never see each other's rows; the dimension is left open, the target column checks it)."""
     register_vector(db)
+    db.execute("SELECT '[0]'::vector")
     db.execute(f"CREATE TEMP TABLE {STAGE_VECTORS.partition('.')[2]} "
                "(chunk_id bigint, dense vector, sparse sparsevec, tokens int[], weights real[])")
 
