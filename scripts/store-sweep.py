@@ -45,12 +45,12 @@ def main() -> None:
             with open_store(url, create=False, settings=settings(spec)) as store:
                 for query in queries[:WARMUP_QUERIES]:
                     store.search_dense(SPACE, query, k)
-                for rerun in range(args.passes):
+                for rerun in range(1, args.passes + 1):
                     found = timed(lambda q, s=store: s.search_dense(SPACE, q, k), list(queries[WARMUP_QUERIES:]),
                                   truth["dense"])
-                    print(f"{spec}{f' (pass {rerun + 1})' if args.passes > 1 else ''}: recall@{k} "
-                          f"{found['recall']:.3f}, p50 {found['p50_ms']:.1f} ms, p95 {found['p95_ms']:.1f} ms",
-                          flush=True)
+                    label = f"{spec} (pass {rerun})" if args.passes > 1 else spec
+                    print(f"{label}: recall@{k} {found['recall']:.3f}, p50 {found['p50_ms']:.1f} ms, "
+                          f"p95 {found['p95_ms']:.1f} ms", flush=True)
 
 
 if __name__ == "__main__":
