@@ -137,7 +137,7 @@ def valid_indexes(db: psycopg.Connection, table: str) -> dict[str, bool]:
 def graph_options(db: psycopg.Connection, index: str) -> dict[str, int]:
     """The HNSW parameters an index was built with (its reloptions; pgvector's defaults where none was given)."""
     row = db.execute("SELECT reloptions FROM pg_class WHERE relname = %s", (index,)).fetchone()
-    given = dict(option.split("=", 1) for option in (row[0] or [] if row else []))
+    given = dict(option.split("=", 1) for option in (row[0] if row and row[0] else []))
     return {"m": int(given.get("m", 16)), "ef_construction": int(given.get("ef_construction", 64))}
 
 
