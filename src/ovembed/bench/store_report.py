@@ -48,11 +48,17 @@ def _writes(rows: list[dict]) -> str:
 
 def _fill(rows: list[dict]) -> str:
     table = [[r["backend"], r["n"], f["chunks_s"], f["vectors_s"], f"{f['vector_rows_per_s']:.0f}", f["index_s"],
-              f"{f['fill_rows_per_s']:.0f}", f.get("fill_peak_rss_mb", "–"), "kept" if f.get("reused") else "this run",
+              f"{f['fill_rows_per_s']:.0f}", f.get("fill_peak_rss_mb", "–"), _filled(f),
               _prewarm(f.get("prewarm"))]
              for r, f in ((r, r["fill"]) for r in rows)]
     return markdown(["backend", "n", "chunks s", "vectors s", "vector rows/s", "activate (index build) s",
                      "fill rows/s (all)", "filler peak RSS MB", "filled", "indexes prewarmed"], table)
+
+
+def _filled(fill: dict) -> str:
+    if not fill.get("reused"):
+        return "this run"
+    return f"kept (index checked against the settings: {fill['reindex_s']} s)" if "reindex_s" in fill else "kept"
 
 
 def _prewarm(done: dict | None) -> str:
@@ -64,8 +70,10 @@ def _prewarm(done: dict | None) -> str:
 def _sizes(rows: list[dict]) -> str:
     table = [[r["backend"], r["storage"]["total_mb"],
               ", ".join(f"{name} {mb}" for name, mb in r["storage"]["parts"].items()) or "–",
-              r["storage"].get("shared_buffers", "–")] for r in rows]
-    return markdown(["backend", "total MB", "parts MB", "shared_buffers"], table)
+              r["storage"].get("shared_buffers", "–"),
+              "; ".join(f"{name}: {options}" for name, options in r["storage"].get("hnsw", {}).items()) or "–"]
+             for r in rows]
+    return markdown(["backend", "total MB", "parts MB", "shared_buffers", "HNSW graph"], table)
 
 
 def _reembed(rows: list[dict]) -> str:

@@ -52,4 +52,8 @@ def _postgres(url: str, space: str) -> dict:
                 "(SELECT oid FROM pg_class WHERE relname ~ %s))) ORDER BY c.relname",
                 (f"^{table}($|_)", f"^{table}($|_)")).fetchall()
             parts = {f"{'index' if kind == 'i' else 'table'} {name}": round(size / MB, 1) for name, kind, size in rows}
-    return {"total_mb": round(total / MB, 1), "parts": parts, "shared_buffers": shared_buffers}
+        graphs = conn.execute(  # the HNSW parameters each index was built with (pgvector's defaults: none given)
+            "SELECT c.relname, coalesce(array_to_string(c.reloptions, ', '), 'defaults') FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam "
+            "WHERE a.amname = 'hnsw' AND i.indrelid = to_regclass(%s) ORDER BY 1", (table,)).fetchall() if table else []
+    return {"total_mb": round(total / MB, 1), "parts": parts, "shared_buffers": shared_buffers, "hnsw": dict(graphs)}

@@ -5,6 +5,7 @@ while ingesting), a kept store searched again, and the re-embedding job against 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -12,9 +13,9 @@ import sys
 import pytest
 
 
-def run_store_bench(*args: str) -> subprocess.CompletedProcess:
+def run_store_bench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ovembed.cli", "bench", "store", *args], capture_output=True,
-                          text=True, timeout=180)
+                          text=True, timeout=180, env={**os.environ, **(env or {})})
 
 
 def tables(stdout: str) -> dict[str, dict[str, list[str]]]:
@@ -106,7 +107,7 @@ def test_a_kept_store_is_searched_again_without_filling(tmp_path):
     assert again.returncode == 0, again.stderr
     assert "filling" not in again.stderr
     before, after = (json.loads((tmp_path / f"{name}.json").read_text())["results"][0] for name in ("first", "again"))
-    assert after["fill"] == {**before["fill"], "reused": True}
+    assert after["fill"] == {**before["fill"], "reused": True, "reindex_s": after["fill"]["reindex_s"]}
     assert after["dense_search"]["recall"] == before["dense_search"]["recall"] == 1.0
     assert after["sparse_search"]["recall"] == before["sparse_search"]["recall"]
     assert after["storage"]["total_mb"] == pytest.approx(before["storage"]["total_mb"], abs=1)
@@ -115,6 +116,28 @@ def test_a_kept_store_is_searched_again_without_filling(tmp_path):
     assert after["writes"]["fresh_found"] == 1.0
     other = run_store_bench(*args[:-4], "--queries", "20", "--reembed-n", "0", "--reuse", str(keep))
     assert other.returncode == 2 and "give the same options" in other.stderr
+
+
+@pytest.mark.slow  # an embedded server filled, then searched again
+def test_a_kept_postgresql_store_searched_under_other_hnsw_settings_gets_that_graph(tmp_path):
+    """A reuse measures the graph its settings ask for: the kept index is built again with them (before, it
+    searched the kept graph while its report gave the new settings), and the report names the graph."""
+    keep = tmp_path / "kept"
+    args = ["search", "--postgres-embedded", "--pg-shared-buffers", "200MB", "--n", "1500", "--dim", "32",
+            "--queries", "10", "--no-sparse", "--reembed-n", "0"]
+    first = run_store_bench(*args, "--keep", str(keep), "--json", str(tmp_path / "first.json"))
+    assert first.returncode == 0, first.stderr
+    again = run_store_bench(*args, "--reuse", str(keep), "--json", str(tmp_path / "again.json"),
+                            env={"OVEMBED_STORE_HNSW_M": "8", "OVEMBED_STORE_HNSW_EF_CONSTRUCTION": "20"})
+    assert again.returncode == 0, again.stderr
+    before, after = (json.loads((tmp_path / f"{name}.json").read_text())["results"][0] for name in ("first", "again"))
+    (index,) = before["storage"]["hnsw"]
+    assert before["storage"]["hnsw"] == {index: "m=16, ef_construction=64"}
+    assert after["storage"]["hnsw"] == {index: "m=8, ef_construction=20"}
+    assert after["fill"]["reused"] and after["fill"]["reindex_s"] > 0
+    assert "index checked against the settings" in tables(again.stdout)["Fill"]["postgresql (embedded)"][8]
+    assert f"{index}: m=8, ef_construction=20" in tables(again.stdout)["Sizes"]["postgresql (embedded)"][4]
+    assert after["dense_search"]["recall"] >= 0.9
 
 
 @pytest.mark.slow
