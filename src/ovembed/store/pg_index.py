@@ -125,6 +125,12 @@ def hnsw_scan(db: psycopg.Connection, kind: str | None, settings: StoreSettings,
     return beam
 
 
+# A space's valid dense-index names, as a column of a query over `spaces` (a search reads them with its definition,
+# in one round trip).
+VALID_INDEX_NAMES = ("ARRAY(SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                     "WHERE i.indrelid = to_regclass(quote_ident(table_name)) AND i.indisvalid)")
+
+
 def valid_indexes(db: psycopg.Connection, table: str) -> dict[str, bool]:
     """The dense indexes on `table` by kind, and whether each is valid (a crashed concurrent build leaves one
     invalid: never used by searches, kept up by writes)."""
@@ -148,12 +154,14 @@ class IndexBuilds:
         """The index a dense search of `space` uses: 'halfvec', 'binary', 'vector' (a store from before 0.3) or
         None (an exact scan: a space indexed when it is activated)."""
         with self._tx() as db:
-            return self._searched_index(db, self._table(db, space)[1].as_string(db).strip('"'))
+            table = self._table(db, space)[1].as_string(db).strip('"')
+            return self._searched_index(table, [index_name(table, kind) for kind, ok in
+                                                valid_indexes(db, table).items() if ok])
 
-    def _searched_index(self, db: psycopg.Connection, table: str) -> str | None:
-        valid = [kind for kind, ok in valid_indexes(db, table).items() if ok]
+    def _searched_index(self, table: str, valid_names: list[str]) -> str | None:
+        """The kind a search uses among a table's valid indexes (VALID_INDEX_NAMES): the configured one first."""
         preference = [self.settings.pg_index, *(k for k in ("halfvec", "binary", LEGACY) if k != self.settings.pg_index)]
-        return next((kind for kind in preference if kind in valid), None)
+        return next((kind for kind in preference if index_name(table, kind) in valid_names), None)
 
     def build_progress(self, space: str) -> BuildProgress | None:
         """The running index build on `space`'s table, as any session sees it; None when none runs."""

@@ -23,7 +23,7 @@ from ovembed.config import StoreSettings
 from ovembed.engine.outputs import SparseVector
 from ovembed.errors import ErrorKind, OvembedError
 from ovembed.store.base import Chunk, ChunkInput, Hit, Space, SpaceStatus, Store, VectorRow, content_hash, store_error
-from ovembed.store.pg_index import IndexBuilds, dense_search_sql, hnsw_scan, index_ddl
+from ovembed.store.pg_index import VALID_INDEX_NAMES, IndexBuilds, dense_search_sql, hnsw_scan, index_ddl
 from ovembed.store.pg_live import INGEST_LOCK, LiveWrites
 from ovembed.store.pg_pool import ConnectionLost, Sessions, reason
 from ovembed.store.pg_sparse import (
@@ -311,15 +311,14 @@ class PostgresStore(IndexBuilds, LiveWrites, Store):
 
     def search_dense(self, space: str, query: np.ndarray, k: int) -> list[Hit]:
         with self._tx() as db:
-            definition, table = self._table(db, space)
+            definition, name, valid = self._space_row(db, space, VALID_INDEX_NAMES)
             query = np.asarray(query, np.float32)
             if query.shape != (definition.dimension,):
                 raise store_error(f"space '{space}' holds {definition.dimension}-dim vectors, "
                                   f"got a query of shape {query.shape}")
             if k <= 0:
                 return []
-            name = table.as_string(db).strip('"')
-            index = self._searched_index(db, name)
+            index = self._searched_index(name, valid)
             shortlist = hnsw_scan(db, index, self.settings, k)
             rows = db.execute(dense_search_sql(name, index, definition.dimension),
                               (query, query, shortlist, k)).fetchall()
@@ -340,14 +339,21 @@ class PostgresStore(IndexBuilds, LiveWrites, Store):
         self.sessions.close()
 
     # --- helpers -----------------------------------------------------------------------------------
-    @staticmethod
-    def _table(db: psycopg.Connection, name: str, lock: str = "") -> tuple[Space, sql.Identifier]:
+    @classmethod
+    def _table(cls, db: psycopg.Connection, name: str, lock: str = "") -> tuple[Space, sql.Identifier]:
         """A space's definition and its vectors table; locked (FOR `lock`) when the caller changes the space."""
-        row = db.execute(f"SELECT {SPACE_COLUMNS}, table_name FROM spaces WHERE name = %s"
-                         + (f" FOR {lock}" if lock else ""), (name,)).fetchone()
+        definition, table = cls._space_row(db, name, lock=lock)
+        return definition, sql.Identifier(table)
+
+    @staticmethod
+    def _space_row(db: psycopg.Connection, name: str, *extra: str, lock: str = "") -> tuple:
+        """(definition, table name, *the `extra` columns' values) of a space, in one statement."""
+        columns = ", ".join((SPACE_COLUMNS, "table_name", *extra))
+        row = db.execute(f"SELECT {columns} FROM spaces WHERE name = %s" + (f" FOR {lock}" if lock else ""),
+                         (name,)).fetchone()
         if row is None:
             raise OvembedError(ErrorKind.MODEL_NOT_FOUND, f"no space named '{name}'")
-        return Space(*row[:7]), sql.Identifier(row[7])
+        return Space(*row[:7]), *row[7:]
 
     @staticmethod
     def _count(db: psycopg.Connection, table: str | sql.Identifier) -> int:
