@@ -10,7 +10,12 @@ first queries of each list are warm-up (as the bench's); the figures are over th
 store is started on its kept data, with its indexes prewarmed. Each list searches the graph its settings ask for:
 where hnsw_m or hnsw_ef_construction (default 16 and 64) differ from the kept index's, it is built again first
 (minutes at 1M) and the time printed. --passes 2 searches the timed queries again: the second pass finds the rows
-it re-scores already in memory (the first reads them from disk or the page cache)."""
+it re-scores already in memory (the first reads them from disk or the page cache).
+
+A kept store has the ground truth of the bench's queries (100 unless --queries said otherwise): a recall over 100
+queries is good to about ±0.02. --queries N searches N other queries of the same kind instead, their exact top-k
+computed once from the corpus made again from its seed (~2 min and the corpus's memory at 1M x 1024: 4 GB) and
+kept beside the store (queries-N.npz). Recall is printed with its standard error."""
 
 from __future__ import annotations
 
@@ -19,7 +24,10 @@ import contextlib
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ovembed.bench.store import embedded_postgres, prewarm
+from ovembed.bench.store_data import CORPORA, exact_dense_top
 from ovembed.bench.store_fill import SPACE, WARMUP_QUERIES, load_truth
 from ovembed.bench.store_probe import timed
 from ovembed.config import StoreSettings
@@ -30,18 +38,47 @@ def settings(spec: str) -> StoreSettings:
     return StoreSettings(**dict(pair.split("=", 1) for pair in spec.split(",")))
 
 
+def chunk_ids(store) -> list[int]:
+    """Every chunk's id in order: the filler wrote one chunk per corpus row, in row order."""
+    ids: list[int] = []
+    while page := store.chunks_after(ids[-1] if ids else 0, 20_000):
+        ids += [chunk.id for chunk in page]
+    return ids
+
+
+def more_queries(folder: Path, url: str, options: dict, count: int) -> tuple[np.ndarray, list[list[int]]]:
+    """`count` fresh queries (after the warm-up ones) for a kept store, and their exact top-k, cached in `folder`."""
+    cache = folder / f"queries-{count}.npz"
+    if not cache.is_file():
+        make, ask = CORPORA[options["corpus"]]
+        vectors = make(options["n"], options["dim"], options["seed"])  # the filled corpus, row i is the i-th chunk
+        with open_store(url, create=False) as store:
+            ids = np.asarray(chunk_ids(store), np.int64)
+        if len(ids) != options["n"]:
+            raise SystemExit(f"{folder}: the space holds {len(ids)} vectors, not the {options['n']} filled")
+        queries = ask(vectors, WARMUP_QUERIES + count, options["seed"] + 1000)  # not the kept queries' seed
+        top = exact_dense_top(vectors, ids, queries[WARMUP_QUERIES:], options["k"])
+        np.savez(cache, queries=queries, top=np.asarray([sorted(t) for t in top], np.int64))
+    found = np.load(cache)
+    return found["queries"], found["top"].tolist()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="a backend's folder under the --keep DIR (sqlite or postgresql)")
     parser.add_argument("settings", nargs="+", help="name=value[,name=value...] per run")
     parser.add_argument("--pg-shared-buffers", default="4GB")
     parser.add_argument("--passes", type=int, default=1, help="search the timed queries this many times")
+    parser.add_argument("--queries", type=int, help="this many fresh queries instead of the kept ones")
     args = parser.parse_args()
     truth, queries = load_truth(args.folder)
-    k = len(truth["dense"][0])
+    exact = truth["dense"]
+    k = len(exact[0])
     postgres = (args.folder / "pgdata").is_dir()
     with (embedded_postgres(args.folder, args.pg_shared_buffers) if postgres else contextlib.nullcontext()) as server:
         url = server[0] if postgres else str(args.folder / "store.db")
+        if args.queries:
+            queries, exact = more_queries(args.folder, url, truth["options"], args.queries)
         if postgres:  # as the bench does: the searched indexes in shared_buffers
             print(f"prewarmed: {prewarm(url)}", flush=True)
         for spec in args.settings:
@@ -54,10 +91,10 @@ def main() -> None:
                     store.search_dense(SPACE, query, k)
                 for rerun in range(1, args.passes + 1):
                     found = timed(lambda q, s=store: s.search_dense(SPACE, q, k), list(queries[WARMUP_QUERIES:]),
-                                  truth["dense"])
+                                  exact)
                     label = f"{spec} (pass {rerun})" if args.passes > 1 else spec
-                    print(f"{label}: recall@{k} {found['recall']:.3f}, p50 {found['p50_ms']:.1f} ms, "
-                          f"p95 {found['p95_ms']:.1f} ms", flush=True)
+                    print(f"{label}: recall@{k} {found['recall']:.3f} ± {found['recall_se']:.3f}, "
+                          f"p50 {found['p50_ms']:.1f} ms, p95 {found['p95_ms']:.1f} ms", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ovembed.embedders import LocalEmbedder
+from ovembed.errors import ErrorKind, OvembedError
 from ovembed.rag import RAG, read_documents
 from ovembed.reembed import reembed
 from ovembed.reembed.job import job_name
@@ -106,6 +107,26 @@ def test_ray_reembed_on_sqlite_fills_only_what_an_interrupted_run_left(tmp_path,
     with open_store(db) as store:
         assert store.count_vectors(target.space.name) == chunks
         assert store.active_space().name == target.space.name
+
+
+@pytest.mark.slow  # waits out the actors' start
+@pytest.mark.usefixtures("local_ray")
+def test_actors_with_no_room_on_the_cluster_fail_the_job_with_a_message_and_lose_nothing(tmp_path, shared_data,
+                                                                                        minilm_int8, tiny_m3_fp32):
+    db = str(tmp_path / "store.db")
+    chunks = _ingest(db, minilm_int8, read_documents(str(shared_data / "xquad" / "de" / "corpus.jsonl"))[:6])
+
+    with pytest.raises(OvembedError) as failed:  # 4 CPUs an actor, on a 2-CPU cluster
+        reembed_ray(db, str(tiny_m3_fp32), batch=4, actors=1, actor_cpus=4, actors_start_s=3, progress=False)
+
+    assert failed.value.kind == ErrorKind.UNAVAILABLE
+    assert "did not start 1 actor(s) of 4 CPU(s) each within 3 s" in failed.value.message
+    assert "[2] CPUs" in failed.value.message and "Lower --actors or --actor-cpus" in failed.value.message
+    with open_store(db) as store:  # MiniLM's space untouched and still the active one
+        active = store.active_space()
+        assert active.dimension == 384 and store.count_vectors(active.name) == chunks
+    stats = reembed_ray(db, str(tiny_m3_fp32), batch=4, actors=1, actor_cpus=2, progress=False)  # room: it goes on
+    assert stats.written + stats.already == chunks
 
 
 class ConnectionKiller(threading.Thread):

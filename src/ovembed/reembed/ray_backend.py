@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,14 +40,16 @@ class RayReembedStats(ReembedStats):
 def reembed_ray(db: str, target: str, batch: int = 256, activate: bool = False, actors: int = 2,
                 api_key: str | None = None, num_cpus: int | None = None, url: str | None = None,
                 space_name: str | None = None, actor_cpus: int | None = None, models_dir: str | None = None,
-                progress: bool = True) -> RayReembedStats:
+                progress: bool = True, actors_start_s: float = ACTORS_START_S) -> RayReembedStats:
     """Fill the space of `target` (a model folder or a service URL; with `url`, a model that service serves) in
     the store at `db` on Ray, in the space named `space_name` or the one this model already fills.
 
     Joins the Ray cluster that is already initialised (or the one RAY_ADDRESS names); otherwise starts a
     local one with `num_cpus` (default: all) and shuts it down at the end. Each actor takes `actor_cpus` CPUs and
     as many OpenVINO threads (default: the cluster's CPUs shared out among the `actors`). A folder is looked for
-    on each node by its name under `models_dir` (default: its parent here), or the node's OVEMBED_MODELS_DIR."""
+    on each node by its name under `models_dir` (default: its parent here), or the node's OVEMBED_MODELS_DIR.
+    Actors that cannot all start within `actors_start_s` (no room for them on the cluster) fail the job with a
+    message that says so; what was written stays, and a later run goes on from it."""
     try:
         import ray
     except ImportError:
@@ -59,6 +62,7 @@ def reembed_ray(db: str, target: str, batch: int = 256, activate: bool = False, 
     model_space = embedder_for(target, api_key, url).space
     store = open_store(db, create=False)
     run = RayRun(ray, store, batch, actors, actor_cpus, num_cpus)
+    run.actors_start_s = actors_start_s
     try:
         begin = run.begin = start_job(store, model_space, space_name)
         run.actor_kwargs = {"db": db, "space": begin.space, "api_key": api_key, **_model_source(target, url, models_dir)}
@@ -71,6 +75,8 @@ def reembed_ray(db: str, target: str, batch: int = 256, activate: bool = False, 
         return RayReembedStats(begin.space.name, begin.chunks, run.written, run.reused, begin.already,
                                round(time.perf_counter() - clock, 3), activated, run.retries, dict(run.nodes))
     except Exception as exc:
+        if _found(exc, lambda e: isinstance(e, ray.exceptions.GetTimeoutError)) is not None:
+            raise OvembedError(ErrorKind.UNAVAILABLE, run.start_failure()) from None
         domain = _domain_error(exc, ray.exceptions.RayError)
         if domain is None or domain is exc:
             raise
@@ -93,6 +99,7 @@ class RayRun:
         self.written = self.reused = self.retries = 0
         self.nodes: Counter[str] = Counter()
         self.bar = tqdm(disable=True)
+        self.actors_start_s: float = ACTORS_START_S
 
     def progress_bar(self, show: bool) -> tqdm:
         begin = self.begin
@@ -122,6 +129,15 @@ class RayRun:
         self.bar.set_postfix_str(f"ranges {ledger.finished}/{ledger.listed} listed", refresh=False)
         self.bar.update(int(result["written"]))
 
+    def start_failure(self) -> str:
+        """Why the actor pool did not start, and what to change: Ray Data gave up waiting for it."""
+        nodes = [int(node["Resources"].get("CPU", 0)) for node in self.ray.nodes() if node["Alive"]]
+        written = f"{self.written} chunks were embedded and kept" if self.written else "nothing was written"
+        return (f"Ray did not start {self.actors} actor(s) of {self.actor_cpus} CPU(s) each within "
+                f"{self.actors_start_s:g} s: the cluster's nodes have {nodes} CPUs, or the actors could not load "
+                f"their model in that time (see Ray's logs). Lower --actors or --actor-cpus, or add nodes; "
+                f"{written}, and a new run goes on from there.")
+
     def _join_cluster(self) -> None:
         if not self.ray.is_initialized():
             self.ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False,
@@ -139,7 +155,7 @@ class RayRun:
         ranges.context.raise_original_map_exception = True
         # Every actor up before the first range goes out: the ranges spread over the nodes instead of going to the
         # first actor ready, and a node that cannot load the model fails the job at once, not at the end.
-        ranges.context.wait_for_min_actors_s = ACTORS_START_S
+        ranges.context.wait_for_min_actors_s = self.actors_start_s
         return ranges.map_batches(
             EmbedWriter,
             batch_size=1,  # a range is already one embedder batch; one at a time balances the actors
@@ -175,13 +191,19 @@ def _absolute_db(db: str) -> str:
     return str(Path(db).expanduser().resolve())
 
 
-def _domain_error(exc: BaseException, ray_error: type) -> OvembedError | None:
-    """The OvembedError an actor raised, found under Ray's wrappers, so the CLI reports it plainly."""
+def _found(exc: BaseException, wanted: Callable[[BaseException], bool]) -> BaseException | None:
+    """The first exception in `exc`'s chain (Ray's wrappers keep theirs in `cause`) that is `wanted`."""
     seen: BaseException | None = exc
     for _ in range(10):  # wrappers nest a few deep; a bound rather than trusting every chain to end
-        if seen is None:
-            return None
-        if isinstance(seen, OvembedError) and not isinstance(seen, ray_error):
-            return seen if seen is exc else OvembedError(seen.kind, seen.message)
+        if seen is None or wanted(seen):
+            return seen
         seen = getattr(seen, "cause", None) or seen.__cause__
     return None
+
+
+def _domain_error(exc: BaseException, ray_error: type) -> OvembedError | None:
+    """The OvembedError an actor raised, found under Ray's wrappers, so the CLI reports it plainly."""
+    seen = _found(exc, lambda e: isinstance(e, OvembedError) and not isinstance(e, ray_error))
+    if seen is None or seen is exc:
+        return seen
+    return OvembedError(seen.kind, seen.message)
