@@ -12,10 +12,11 @@ where hnsw_m or hnsw_ef_construction (default 16 and 64) differ from the kept in
 (minutes at 1M) and the time printed. --passes 2 searches the timed queries again: the second pass finds the rows
 it re-scores already in memory (the first reads them from disk or the page cache).
 
-A kept store has the ground truth of the bench's queries (100 unless --queries said otherwise): a recall over 100
-queries is good to about ±0.02. --queries N searches N other queries of the same kind instead, their exact top-k
-computed once from the corpus made again from its seed (~2 min and the corpus's memory at 1M x 1024: 4 GB) and
-kept beside the store (queries-N.npz). Recall is printed with its standard error."""
+A kept store has the ground truth of the bench's queries (100 unless --queries said otherwise): the standard
+error of a recall over 100 queries is ~0.01-0.04 (the higher the recall, the lower). --queries N searches N other
+queries of the same kind instead, their exact top-k computed once from the corpus made again from its seed (~2 min
+and the corpus's memory at 1M x 1024: 4 GB) and kept beside the store (queries-N.npz). Recall is printed with its
+standard error."""
 
 from __future__ import annotations
 
