@@ -162,3 +162,16 @@ def test_a_node_whose_folder_holds_another_model_refuses_plainly(ray_cluster, po
     assert "Traceback" not in result.stderr
     assert f"{minilm_int8.name} holds another model (fingerprint" in result.stderr, result.stderr
     assert "OVEMBED_MODELS_DIR" in result.stderr
+
+
+def test_actors_that_find_no_room_fail_the_run_plainly(ray_cluster, postgres_db, shared_data, tiny_m3_fp32,
+                                                       minilm_int8):
+    _ingest(postgres_db, minilm_int8, shared_data, docs=4)
+
+    result = run_cli("reembed", "--to", tiny_m3_fp32, "--engine", "ray", "--db", postgres_db, "--actors", 1,
+                     "--actor-cpus", 64, "--actors-start-timeout", 3, "--json", env={"RAY_ADDRESS": ray_cluster})
+
+    assert result.returncode == 1, result.stderr  # unavailable
+    assert "Traceback" not in result.stderr
+    assert "Ray did not start 1 actor(s) of 64 CPU(s) each within 3 s" in result.stderr, result.stderr
+    assert "--actors-start-timeout" in result.stderr

@@ -195,14 +195,16 @@ def _served_by(url: str, api_key: str | None, spaces: list) -> dict[str, str]:
               "cluster's CPUs shared out among the actors)")
 @click.option("--models-dir", help="Ray: where nodes find the --to folder by its name (default: its parent here); "
               "a node's own OVEMBED_MODELS_DIR wins")
+@click.option("--actors-start-timeout", type=click.FloatRange(min=1), default=600, show_default=True,
+              help="Ray: seconds for all actors to start (load their model; an autoscaling cluster: add nodes)")
 @click.option("--retries", type=int, default=8, show_default=True, help="PostgreSQL reconnects in a row without "
               "progress before giving up (about a minute of outage; a rerun resumes anyway)")
 @db_option()
 @url_option()
 @api_key_option()
 @json_option("print the summary as JSON (and no progress bar)")
-def reembed(target, source, space, batch, activate, engine, actors, actor_cpus, models_dir, retries, db, url, api_key,
-            as_json) -> None:
+def reembed(target, source, space, batch, activate, engine, actors, actor_cpus, models_dir, actors_start_timeout, retries,
+            db, url, api_key, as_json) -> None:
     """Embed every stored chunk with the model at --to into its own space; a rerun resumes."""
     from ovembed.store import open_store
 
@@ -214,7 +216,8 @@ def reembed(target, source, space, batch, activate, engine, actors, actor_cpus, 
         from ovembed.reembed.ray_backend import reembed_ray
 
         stats = reembed_ray(db, target, batch=batch, activate=activate, actors=actors, api_key=api_key, url=url,
-                            space_name=space, actor_cpus=actor_cpus, models_dir=models_dir, progress=not as_json)
+                            space_name=space, actor_cpus=actor_cpus, models_dir=models_dir, progress=not as_json,
+                            actors_start_s=actors_start_timeout)
     else:
         from ovembed.embedders import embedder_for
         from ovembed.reembed import reembed as run_reembed

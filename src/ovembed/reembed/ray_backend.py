@@ -16,7 +16,8 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def reembed_ray(db: str, target: str, batch: int = 256, activate: bool = False, 
         begin = run.begin = start_job(store, model_space, space_name)
         run.actor_kwargs = {"db": db, "space": begin.space, "api_key": api_key, **_model_source(target, url, models_dir)}
         clock = time.perf_counter()
-        with store.reembed_lease(begin.space.name), run.progress_bar(progress):
+        with store.reembed_lease(begin.space.name), run.progress_bar(progress), _ray_data_errors_to_its_log():
             converge(store, begin.space.name, run.one_pass, threading.Event())
             # What ingest adds before the switch is embedded inside it, by a model loaded only if needed.
             model = functools.cache(lambda: embedder_for(target, api_key, url))
@@ -135,8 +136,8 @@ class RayRun:
         written = f"{self.written} chunks were embedded and kept" if self.written else "nothing was written"
         return (f"Ray did not start {self.actors} actor(s) of {self.actor_cpus} CPU(s) each within "
                 f"{self.actors_start_s:g} s: the cluster's nodes have {nodes} CPUs, or the actors could not load "
-                f"their model in that time (see Ray's logs). Lower --actors or --actor-cpus, or add nodes; "
-                f"{written}, and a new run goes on from there.")
+                f"their model in that time (see Ray's logs). Lower --actors or --actor-cpus, add nodes, or wait "
+                f"longer (--actors-start-timeout); {written}, and a new run goes on from there.")
 
     def _join_cluster(self) -> None:
         if not self.ray.is_initialized():
@@ -189,6 +190,25 @@ def _absolute_db(db: str) -> str:
     if db.startswith(("postgresql://", "postgres://")):
         return db
     return str(Path(db).expanduser().resolve())
+
+
+class _HideFromConsole(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.hide = True  # Ray Data's console handler drops such records; its log file keeps them
+        return True
+
+
+@contextmanager
+def _ray_data_errors_to_its_log() -> Iterator[None]:
+    """Ray Data logs a failed dataset's traceback on the console, then raises. The job reports the error itself (one
+    it knows as a message, any other with its traceback), so while it runs that record goes to Ray Data's log file
+    only."""
+    logger, hide = logging.getLogger("ray.data.exceptions"), _HideFromConsole()
+    logger.addFilter(hide)
+    try:
+        yield
+    finally:
+        logger.removeFilter(hide)
 
 
 def _found(exc: BaseException, wanted: Callable[[BaseException], bool]) -> BaseException | None:
