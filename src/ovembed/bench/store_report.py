@@ -56,9 +56,7 @@ def _fill(rows: list[dict]) -> str:
 
 
 def _filled(fill: dict) -> str:
-    if not fill.get("reused"):
-        return "this run"
-    return f"kept (index checked against the settings: {fill['reindex_s']} s)" if "reindex_s" in fill else "kept"
+    return f"kept (index checked against the settings: {fill['reindex_s']} s)" if fill.get("reused") else "this run"
 
 
 def _prewarm(done: dict | None) -> str:

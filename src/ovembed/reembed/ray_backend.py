@@ -62,8 +62,7 @@ def reembed_ray(db: str, target: str, batch: int = 256, activate: bool = False, 
     # Only the model's space is needed here; the model is freed before the actors load their own copies.
     model_space = embedder_for(target, api_key, url).space
     store = open_store(db, create=False)
-    run = RayRun(ray, store, batch, actors, actor_cpus, num_cpus)
-    run.actors_start_s = actors_start_s
+    run = RayRun(ray, store, batch, actors, actor_cpus, num_cpus, actors_start_s)
     try:
         begin = run.begin = start_job(store, model_space, space_name)
         run.actor_kwargs = {"db": db, "space": begin.space, "api_key": api_key, **_model_source(target, url, models_dir)}
@@ -91,16 +90,16 @@ def reembed_ray(db: str, target: str, batch: int = 256, activate: bool = False, 
 class RayRun:
     """One reembed_ray call's passes: the windows of ranges sent to the actors, and what came back."""
 
-    def __init__(self, ray, store: Store, batch: int, actors: int, actor_cpus: int | None, num_cpus: int | None):
+    def __init__(self, ray, store: Store, batch: int, actors: int, actor_cpus: int | None, num_cpus: int | None,
+                 actors_start_s: float = ACTORS_START_S):
         self.ray, self.store, self.batch, self.actors = ray, store, batch, actors
-        self.actor_cpus, self.num_cpus = actor_cpus, num_cpus
+        self.actor_cpus, self.num_cpus, self.actors_start_s = actor_cpus, num_cpus, actors_start_s
         self.begin: JobStart | None = None
         self.actor_kwargs: dict = {}
         self.started = False  # this call started a local Ray (and shuts it down)
         self.written = self.reused = self.retries = 0
         self.nodes: Counter[str] = Counter()
         self.bar = tqdm(disable=True)
-        self.actors_start_s: float = ACTORS_START_S
 
     def progress_bar(self, show: bool) -> tqdm:
         begin = self.begin

@@ -131,13 +131,18 @@ VALID_INDEX_NAMES = ("ARRAY(SELECT c.relname FROM pg_index i JOIN pg_class c ON 
                      "WHERE i.indrelid = to_regclass(quote_ident(table_name)) AND i.indisvalid)")
 
 
+def index_kinds(table: str, names: list[str]) -> list[str]:
+    """The dense index kinds among `table`'s index names (VALID_INDEX_NAMES' values); other indexes left out."""
+    kinds = {index_name(table, kind): kind for kind in SUFFIX}
+    return [kinds[name] for name in names if name in kinds]
+
+
 def valid_indexes(db: psycopg.Connection, table: str) -> dict[str, bool]:
     """The dense indexes on `table` by kind, and whether each is valid (a crashed concurrent build leaves one
     invalid: never used by searches, kept up by writes)."""
-    names = {index_name(table, kind): kind for kind in SUFFIX}
     rows = db.execute("SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
                       "WHERE i.indrelid = %s::regclass", (sql.Identifier(table).as_string(db),)).fetchall()
-    return {names[name]: valid for name, valid in rows if name in names}
+    return {kind: valid for name, valid in rows for kind in index_kinds(table, [name])}
 
 
 def graph_options(db: psycopg.Connection, index: str) -> dict[str, int]:
@@ -155,13 +160,12 @@ class IndexBuilds:
         None (an exact scan: a space indexed when it is activated)."""
         with self._tx() as db:
             table = self._table(db, space)[1].as_string(db).strip('"')
-            return self._searched_index(table, [index_name(table, kind) for kind, ok in
-                                                valid_indexes(db, table).items() if ok])
+            return self._searched_index([kind for kind, ok in valid_indexes(db, table).items() if ok])
 
-    def _searched_index(self, table: str, valid_names: list[str]) -> str | None:
-        """The kind a search uses among a table's valid indexes (VALID_INDEX_NAMES): the configured one first."""
+    def _searched_index(self, valid: list[str]) -> str | None:
+        """The kind a search uses among a table's valid index kinds: the configured one first."""
         preference = [self.settings.pg_index, *(k for k in ("halfvec", "binary", LEGACY) if k != self.settings.pg_index)]
-        return next((kind for kind in preference if index_name(table, kind) in valid_names), None)
+        return next((kind for kind in preference if kind in valid), None)
 
     def build_progress(self, space: str) -> BuildProgress | None:
         """The running index build on `space`'s table, as any session sees it; None when none runs."""

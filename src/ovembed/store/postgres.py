@@ -23,7 +23,14 @@ from ovembed.config import StoreSettings
 from ovembed.engine.outputs import SparseVector
 from ovembed.errors import ErrorKind, OvembedError
 from ovembed.store.base import Chunk, ChunkInput, Hit, Space, SpaceStatus, Store, VectorRow, content_hash, store_error
-from ovembed.store.pg_index import VALID_INDEX_NAMES, IndexBuilds, dense_search_sql, hnsw_scan, index_ddl
+from ovembed.store.pg_index import (
+    VALID_INDEX_NAMES,
+    IndexBuilds,
+    dense_search_sql,
+    hnsw_scan,
+    index_ddl,
+    index_kinds,
+)
 from ovembed.store.pg_live import INGEST_LOCK, LiveWrites
 from ovembed.store.pg_pool import ConnectionLost, Sessions, reason
 from ovembed.store.pg_sparse import (
@@ -318,7 +325,7 @@ class PostgresStore(IndexBuilds, LiveWrites, Store):
                                   f"got a query of shape {query.shape}")
             if k <= 0:
                 return []
-            index = self._searched_index(name, valid)
+            index = self._searched_index(index_kinds(name, valid))
             shortlist = hnsw_scan(db, index, self.settings, k)
             rows = db.execute(dense_search_sql(name, index, definition.dimension),
                               (query, query, shortlist, k)).fetchall()
